@@ -1,0 +1,359 @@
+"""Publishing bundles into the store the edge watches, so the edge never sees half a bundle.
+
+Store layout (the contract with the edge):
+
+    <store>/<name>-v000007/    one complete, immutable bundle per version
+    <store>/current -> <name>-v000007   (relative symlink: the store may be mounted elsewhere)
+    <store>/.incoming-*, .rejected-*, .trash-*   hidden: the edge ignores dot-names
+
+A publish copies to a hidden temporary name, flushes it to disk, renames it to its
+final name, then replaces `current` with one `rename(2)` of a fresh symlink. Each
+step is atomic, so a reader that resolves `current` always gets a complete bundle,
+whatever moment it looks, and a crash at any point leaves the old bundle live.
+
+`LocalStore` does this with system calls; `RemoteStore` does the same over ssh
+(rsync to the hidden name, then `mv -T` on the box), for a trainer that is not the
+edge box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.refresh.config import RefreshConfig
+from deploy.refresh.fsutil import copytree_durable, fsync_dir, random_suffix, remove_tree
+
+__all__ = [
+    "CURRENT",
+    "BundleError",
+    "LocalStore",
+    "PublishResult",
+    "Published",
+    "RemoteStore",
+    "Store",
+    "StoreError",
+    "bundle_dirname",
+    "open_store",
+    "read_identity",
+]
+
+CURRENT = "current"
+_DIR_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)-v(?P<version>\d+)$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HIDDEN_TEMP = (".incoming-", ".trash-", ".swap-")
+KEEP_REJECTED = 3
+
+
+class BundleError(ValueError):
+    """The directory handed to publish is not a bundle we may publish."""
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation (version not increasing, missing target, ssh failure)."""
+
+
+@dataclass(frozen=True, order=True)
+class Published:
+    version: int
+    name: str
+    dirname: str
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    dirname: str
+    name: str
+    version: int
+    previous: str | None  # what `current` pointed to before, for rollback
+
+
+def bundle_dirname(name: str, version: int) -> str:
+    """`linewatch-v000007`: zero-padded so a plain `ls` sorts by version."""
+    return f"{name}-v{version:06d}"
+
+
+def parse_dirname(dirname: str) -> Published | None:
+    match = _DIR_RE.match(dirname)
+    if not match:
+        return None
+    return Published(int(match["version"]), match["name"], dirname)
+
+
+def read_identity(bundle: Path) -> tuple[str, int]:
+    """(model name, version) from a bundle's manifest.json, checked against the contract."""
+    manifest = Path(bundle) / "manifest.json"
+    try:
+        doc = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle}: no manifest.json; not a bundle") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest}: not valid JSON: {exc}") from None
+    if doc.get("schema_version") != 1:
+        raise BundleError(f"{manifest}: schema_version {doc.get('schema_version')!r} is not 1")
+    model = doc.get("model") or {}
+    name, version = model.get("name"), model.get("version")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise BundleError(f"{manifest}: model.name {name!r} is not a usable name (letters, digits, _ . -)")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise BundleError(f"{manifest}: model.version {version!r} is not a non-negative integer")
+    return name, version
+
+
+class Store:
+    """What publishing, rollback and status need from a bundle store, local or remote."""
+
+    description: str
+
+    # -- primitives each kind of store implements
+    def _names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _readlink(self) -> str | None:
+        raise NotImplementedError
+
+    def _install(self, bundle: Path, dirname: str) -> None:
+        """Make `bundle`'s content appear atomically as `<store>/<dirname>`."""
+        raise NotImplementedError
+
+    def _point(self, dirname: str) -> None:
+        raise NotImplementedError
+
+    def _rename(self, old: str, new: str) -> None:
+        raise NotImplementedError
+
+    def _remove(self, dirname: str) -> None:
+        raise NotImplementedError
+
+    # -- behaviour shared by both
+    def published(self) -> list[Published]:
+        """Published bundles, oldest version first (dot-names and `current` excluded)."""
+        found = (parse_dirname(n) for n in self._names() if not n.startswith("."))
+        return sorted(p for p in found if p is not None)
+
+    def current(self) -> str | None:
+        """Directory name `current` points to, or None before the first publish."""
+        target = self._readlink()
+        return None if target is None else target.rstrip("/").rsplit("/", 1)[-1]
+
+    def current_published(self) -> Published | None:
+        cur = self.current()
+        return parse_dirname(cur) if cur else None
+
+    def previous_of(self, dirname: str | None) -> Published | None:
+        """The highest published version below `dirname`'s: where a rollback goes."""
+        cur = parse_dirname(dirname) if dirname else None
+        older = [p for p in self.published() if cur is None or p.version < cur.version]
+        return older[-1] if older else None
+
+    def publish(self, bundle: Path) -> PublishResult:
+        """Install `bundle` under its versioned name and make it current."""
+        name, version = read_identity(bundle)
+        dirname = bundle_dirname(name, version)
+        existing = self.published()
+        if existing and version <= existing[-1].version:
+            raise StoreError(
+                f"{self.description}: bundle version {version} is not above the highest published "
+                f"version {existing[-1].version} ({existing[-1].dirname}); versions only increase"
+            )
+        previous = self.current()
+        self._install(Path(bundle), dirname)
+        self._point(dirname)
+        return PublishResult(dirname, name, version, previous)
+
+    def point_current(self, dirname: str) -> None:
+        """Atomically repoint `current` (used by rollback)."""
+        if dirname not in {p.dirname for p in self.published()}:
+            raise StoreError(f"{self.description}: no published bundle {dirname!r}")
+        self._point(dirname)
+
+    def set_aside(self, dirname: str) -> str:
+        """Hide a bundle the edge refused, keeping it for diagnosis and freeing its version."""
+        hidden = f".rejected-{dirname}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        self._rename(dirname, hidden)
+        return hidden
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete old bundles beyond `keep`; never the current one or its rollback target."""
+        published = self.published()
+        cur = self.current()
+        protected = {cur}
+        prev = self.previous_of(cur)
+        if prev is not None:
+            protected.add(prev.dirname)
+        removed: list[str] = []
+        excess = len(published) - keep
+        for item in published:
+            if excess <= 0:
+                break
+            if item.dirname in protected:
+                continue
+            self._remove(item.dirname)
+            removed.append(item.dirname)
+            excess -= 1
+        rejected = sorted(n for n in self._names() if n.startswith(".rejected-"))
+        for name in rejected[: max(0, len(rejected) - KEEP_REJECTED)]:
+            self._remove(name)
+            removed.append(name)
+        return removed
+
+
+class LocalStore(Store):
+    """A bundle store on this machine's file system (the edge runs here, or mounts it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.description = f"bundle store {self.root}"
+
+    def _names(self) -> list[str]:
+        if not self.root.is_dir():
+            raise StoreError(f"{self.description} does not exist")
+        return sorted(
+            n
+            for n in os.listdir(self.root)
+            if n != CURRENT and not (self.root / n).is_symlink() and (self.root / n).is_dir()
+        )
+
+    def _readlink(self) -> str | None:
+        link = self.root / CURRENT
+        return os.readlink(link) if link.is_symlink() else None
+
+    def cleanup_temporaries(self) -> None:
+        """Remove leftovers of a crashed publish (the refresh lock is held, so none is live)."""
+        for name in os.listdir(self.root):
+            path = self.root / name
+            if name.startswith(_HIDDEN_TEMP):
+                remove_tree(path)
+            elif name.startswith(f"{CURRENT}.tmp-") and path.is_symlink():
+                path.unlink()
+
+    def _install(self, bundle: Path, dirname: str) -> None:
+        self.cleanup_temporaries()
+        final = self.root / dirname
+        if final.exists():
+            raise StoreError(f"{self.description}: {dirname} already exists")
+        incoming = self.root / f".incoming-{random_suffix()}"
+        try:
+            copytree_durable(bundle, incoming)
+            os.rename(incoming, final)
+        except BaseException:
+            remove_tree(incoming)
+            raise
+        fsync_dir(self.root)
+
+    def _point(self, dirname: str) -> None:
+        tmp = self.root / f"{CURRENT}.tmp-{random_suffix()}"
+        os.symlink(dirname, tmp)
+        try:
+            os.replace(tmp, self.root / CURRENT)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.root)
+
+    def _rename(self, old: str, new: str) -> None:
+        os.rename(self.root / old, self.root / new)
+        fsync_dir(self.root)
+
+    def _remove(self, dirname: str) -> None:
+        remove_tree(self.root / dirname)
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+class RemoteStore(Store):
+    """The same store on another machine, reached with ssh and rsync.
+
+    The edge box needs only a POSIX shell with GNU coreutils (`mv -T`, `ln`, `sync`)
+    and rsync; the sequence of renames is the same as `LocalStore`'s.
+    """
+
+    def __init__(
+        self,
+        dest: str,
+        path: str,
+        *,
+        ssh: Sequence[str] = ("ssh", "-o", "BatchMode=yes"),
+        rsync: Sequence[str] = ("rsync",),
+        runner: Runner = subprocess.run,
+        timeout_s: float = 3600.0,
+    ) -> None:
+        self.dest, self.path = dest, path.rstrip("/") or "/"
+        self.ssh, self.rsync = list(ssh), list(rsync)
+        self.runner = runner
+        self.timeout_s = timeout_s
+        self.description = f"remote bundle store {dest}:{self.path}"
+
+    def _run(self, argv: list[str]) -> str:
+        proc = self.runner(argv, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        if proc.returncode != 0:
+            raise StoreError(
+                f"{self.description}: {shlex.join(argv[:3])} ... failed (exit {proc.returncode}): "
+                f"{(proc.stderr or '').strip()[-500:]}"
+            )
+        return proc.stdout or ""
+
+    def _sh(self, script: str) -> str:
+        """Run a POSIX shell script on the box, inside the store directory."""
+        return self._run([*self.ssh, self.dest, f"set -e; cd -- {shlex.quote(self.path)}; {script}"])
+
+    def _names(self) -> list[str]:
+        out = self._sh('for d in * .[!.]*; do if [ -d "$d" ] && [ ! -L "$d" ]; then echo "$d"; fi; done')
+        return sorted(line for line in out.splitlines() if line and line != CURRENT)
+
+    def _readlink(self) -> str | None:
+        out = self._sh(f"if [ -L {CURRENT} ]; then readlink {CURRENT}; fi").strip()
+        return out or None
+
+    def _install(self, bundle: Path, dirname: str) -> None:
+        incoming = f".incoming-{random_suffix()}"
+        q_final, q_incoming = shlex.quote(dirname), shlex.quote(incoming)
+        self._run([*self.ssh, self.dest, f"mkdir -p -- {shlex.quote(self.path)}"])
+        self._sh(f"test ! -e {q_final} || {{ echo '{dirname} already exists' >&2; exit 1; }}")
+        try:
+            self._run(
+                [
+                    *self.rsync,
+                    "-a",
+                    "--delete",
+                    "-e",
+                    shlex.join(self.ssh),
+                    f"{Path(bundle)}/",
+                    f"{self.dest}:{self.path}/{incoming}/",
+                ]
+            )
+            # sync before the rename: the bundle must be on disk before its name is.
+            self._sh(f"sync; mv -T -- {q_incoming} {q_final}; sync")
+        except BaseException:
+            with contextlib.suppress(StoreError, subprocess.SubprocessError, OSError):
+                self._sh(f"rm -rf -- {q_incoming}")
+            raise
+
+    def _point(self, dirname: str) -> None:
+        tmp = shlex.quote(f"{CURRENT}.tmp-{random_suffix()}")
+        q = shlex.quote(dirname)
+        self._sh(f"test -d {q}; ln -s -- {q} {tmp}; mv -T -- {tmp} {CURRENT}; sync")
+
+    def _rename(self, old: str, new: str) -> None:
+        self._sh(f"mv -T -- {shlex.quote(old)} {shlex.quote(new)}; sync")
+
+    def _remove(self, dirname: str) -> None:
+        trash = shlex.quote(f".trash-{dirname}-{random_suffix()}")
+        self._sh(f"mv -T -- {shlex.quote(dirname)} {trash}; rm -rf -- {trash}")
+
+
+def open_store(cfg: RefreshConfig) -> Store:
+    """The store named by the config: `store.dir` locally, else `store.remote` over ssh."""
+    if cfg.store.dir is not None:
+        return LocalStore(cfg.store.dir)
+    dest, path = cfg.store.remote_parts()
+    return RemoteStore(dest, path, ssh=cfg.store.ssh, rsync=cfg.store.rsync)
