@@ -1,0 +1,29 @@
+"""Dataset layer of the offline trainer: ``FORMAT:ROOT`` loaders, image/mask readers, one error type.
+
+The synthetic generator lives in ``trainer.data.generate`` and is not imported here, so that
+``python -m trainer.data.generate`` runs cleanly and loaders do not pull in scikit-image.
+"""
+
+from trainer.data.errors import DatasetError
+from trainer.data.images import image_size, imread_mask, imread_rgb, read_images, read_masks
+from trainer.data.registry import FORMATS, DataFormat, list_tasks, load_task, parse_data_spec, register_format
+from trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit
+
+__all__ = [
+    "FORMATS",
+    "GOOD",
+    "IMAGE_EXTENSIONS",
+    "DataFormat",
+    "DatasetError",
+    "Sample",
+    "TaskSplit",
+    "image_size",
+    "imread_mask",
+    "imread_rgb",
+    "list_tasks",
+    "load_task",
+    "parse_data_spec",
+    "read_images",
+    "read_masks",
+    "register_format",
+]

@@ -1,0 +1,149 @@
+"""Pixels from the file lists: one reader for every format.
+
+Decoding goes through OpenCV (the edge reads frames with OpenCV too, so train and serve see the
+same decoder). EXIF orientation is ignored so that an image and its mask stay on the same pixel grid.
+Every bad file is collected and reported in one ``DatasetError``, not one crash per run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from trainer.data.errors import bad_files_error
+from trainer.data.samples import Sample
+
+_COLOR = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+_UNCHANGED = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+T = TypeVar("T")
+
+
+def _decode(path: Path, flags: int) -> np.ndarray:
+    """Decode from bytes (works for non-ASCII paths); raise OSError with the reason on failure."""
+    if not path.is_file():
+        raise OSError("file does not exist")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise OSError("file is empty")
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as exc:  # some truncated files make the codec throw instead of returning None
+        raise OSError(f"cannot be decoded ({exc.err})") from exc
+    if image is None or image.size == 0:
+        raise OSError("cannot be decoded as an image (corrupt or unsupported)")
+    return image
+
+
+def imread_rgb(path: Path | str) -> np.ndarray:
+    """uint8 (H, W, 3) RGB at the file's resolution; grayscale and 16-bit become 8-bit RGB."""
+    return cv2.cvtColor(_decode(Path(path), _COLOR), cv2.COLOR_BGR2RGB)
+
+
+def imread_mask(path: Path | str) -> np.ndarray:
+    """bool (H, W): any non-zero value is defect (MVTec stores 255, VisA stores class indices)."""
+    mask = _decode(Path(path), _UNCHANGED)
+    if mask.ndim == 3:
+        mask = mask[..., :3].any(axis=-1)
+    return mask > 0
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """(H, W) from the header when Pillow is present (cheap), else by decoding."""
+    path = Path(path)
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width, height = im.size
+        return height, width
+    except ImportError:
+        pass
+    except Exception:  # Pillow cannot parse it; let OpenCV have the final word
+        pass
+    image = _decode(path, _UNCHANGED)
+    return image.shape[0], image.shape[1]
+
+
+def _parallel(fn: Callable[[int], T], n: int) -> list[T]:
+    """OpenCV releases the GIL while decoding, so a few threads help even on 2 cores."""
+    if n <= 1:
+        return [fn(i) for i in range(n)]
+    workers = min(8, os.cpu_count() or 1, n)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, range(n)))
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    height, width = (int(v) for v in size)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive (H, W), got {size}")
+    return height, width
+
+
+def read_images(paths: Sequence[Path | str], size: tuple[int, int]) -> np.ndarray:
+    """uint8 (N, H, W, 3) RGB, resized with INTER_AREA to ``size`` = (H, W)."""
+    height, width = _check_size(size)
+    out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+
+    def load(i: int) -> tuple[Path, str] | None:
+        path = Path(paths[i])
+        try:
+            image = imread_rgb(path)
+        except OSError as exc:
+            return path, str(exc)
+        if image.shape[:2] != (height, width):
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        out[i] = image
+        return None
+
+    problems = [p for p in _parallel(load, len(paths)) if p is not None]
+    if problems:
+        raise bad_files_error("unreadable image file(s)", problems)
+    return out
+
+
+def read_masks(samples: Sequence[Sample], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(masks bool (N, H, W), has_mask bool (N,)).
+
+    Good samples get an empty mask that counts (``has_mask`` True); a defect without a mask gets an
+    empty mask with ``has_mask`` False, so pixel metrics can leave it out. A mask must have exactly
+    its image's size: a mismatch means the pair is wrong, and resizing would hide that.
+    """
+    height, width = _check_size(size)
+    masks = np.zeros((len(samples), height, width), dtype=bool)
+    has_mask = np.ones(len(samples), dtype=bool)
+
+    def load(i: int) -> tuple[Path, str] | None:
+        sample = samples[i]
+        if sample.label == 0:
+            return None
+        if sample.mask_path is None:
+            has_mask[i] = False
+            return None
+        try:
+            mask = imread_mask(sample.mask_path)
+        except OSError as exc:
+            return sample.mask_path, str(exc)
+        try:
+            image_hw = image_size(sample.path)
+        except OSError as exc:
+            return sample.path, f"image of mask {sample.mask_path.name} {exc}"
+        if mask.shape != image_hw:
+            return sample.mask_path, (
+                f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image {sample.path} is {image_hw[0]}x{image_hw[1]}"
+            )
+        if mask.shape != (height, width):
+            mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        masks[i] = mask
+        return None
+
+    problems = [p for p in _parallel(load, len(samples)) if p is not None]
+    if problems:
+        raise bad_files_error("bad mask file(s)", problems)
+    return masks, has_mask
