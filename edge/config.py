@@ -1,0 +1,317 @@
+"""The edge runtime's one configuration object.
+
+Sources, strongest first: explicit overrides (what the CLI maps onto the config), environment
+variables ``LINEWATCH_EDGE_<SECTION>__<KEY>``, the TOML file, then the defaults below. Everything is
+validated before anything starts, so a typo stops the box at boot with a message that names the key
+instead of failing at 3 a.m. when the code path is first hit.
+
+The MQTT password is deliberately accepted only from the environment
+(``LINEWATCH_EDGE_MQTT__PASSWORD``) or from ``mqtt.password_file``: never from the TOML file (it gets
+copied around) nor from the command line (it shows in ``ps``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LINEWATCH_EDGE_"
+BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
+FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
+
+_TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("linewatch_edge_toml", default=None)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TlsConfig(_Section):
+    """Client TLS. ``ca`` alone gives server authentication; ``cert``+``key`` add client authentication."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False  # skip hostname check (self-signed test brokers only)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        return self
+
+
+class MqttConfig(_Section):
+    """Broker connection. ``url`` is ``mqtt://host:port`` or ``mqtts://host:port`` (TLS)."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    client_id: str | None = None  # default: linewatch-edge-<camera>
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    tls: TlsConfig = TlsConfig()
+    username: str | None = None
+    password: SecretStr | None = None  # environment only (see module docstring)
+    password_file: Path | None = None
+    reconnect_min_s: float = Field(0.2, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    inflight_window: int = Field(200, ge=1, le=65000)  # unacknowledged QoS1 messages handed to the socket
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parsed.hostname:
+            raise ValueError(f"expected mqtt://host[:port] or mqtts://host[:port], got {value!r}")
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            raise ValueError(f"bad port in {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname or "127.0.0.1"
+
+    @property
+    def use_tls(self) -> bool:
+        return urlparse(self.url).scheme in ("mqtts", "ssl") or self.tls.ca is not None
+
+    @property
+    def port(self) -> int:
+        parsed = urlparse(self.url)
+        return parsed.port or (8883 if self.use_tls else 1883)
+
+    def resolved_password(self) -> str | None:
+        """The password from the environment, else the first line of ``password_file``."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
+        return None
+
+
+class TopicConfig(_Section):
+    """Topic root ``<root>`` = ``template`` formatted with prefix/site/line/station/camera."""
+
+    template: str = "{prefix}/{site}/{line}/{station}/{camera}"
+    prefix: str = "linewatch"
+    site: str = "site"
+    line: str = "line"
+    station: str = "station"
+
+    @field_validator("template", "prefix", "site", "line", "station")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        if any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError(f"{value!r} is not a valid MQTT topic part")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _has_camera(cls, value: str) -> str:
+        if "{camera}" not in value:
+            raise ValueError("the topic template must contain {camera} so that cameras do not collide")
+        return value
+
+    def root(self, camera: str) -> str:
+        return self.template.format(
+            prefix=self.prefix, site=self.site, line=self.line, station=self.station, camera=camera
+        )
+
+
+class PublishConfig(_Section):
+    """What goes to ``<root>/result``: every frame, or anomalies plus a periodic summary."""
+
+    mode: Literal["every_frame", "anomalies"] = "every_frame"
+    summary_period_s: float = Field(10.0, gt=0)
+    threshold: float = Field(0.5, gt=0, lt=1)  # decision threshold on the normalised score and map
+    heatmap: bool = True
+    heatmap_quality: int = Field(80, ge=10, le=100)
+    heatmap_alpha: float = Field(0.45, ge=0, le=1)
+    min_region_area: int = Field(1, ge=1)  # model pixels; smaller blobs are noise
+
+
+class QueueConfig(_Section):
+    """Bounded hand-offs between stages. Live cameras drop; files and folders wait (they are not live)."""
+
+    frames: int = Field(4, ge=1, le=10000)
+    results: int = Field(64, ge=1, le=100000)
+    policy: FullPolicy = "drop_oldest"  # frame queue of live sources
+    offline_policy: FullPolicy = "block"  # frame queue of video files and dir: sources
+    results_policy: FullPolicy = "block"  # a computed verdict is never dropped by default
+
+
+class BackendConfig(_Section):
+    """Inference backends, tried in order; unavailable ones are skipped with a logged reason."""
+
+    order: list[str] = Field(default_factory=lambda: list(BACKEND_NAMES))
+    threads: int = Field(0, ge=0, le=256)  # onnxruntime intra-op threads, 0 = its default
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"  # TensorRT engines built on the box
+    workspace_mb: int = Field(1024, ge=16)
+    warmup_runs: int = Field(2, ge=0, le=100)
+
+    @field_validator("order")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if v not in BACKEND_NAMES]
+        if bad or not value:
+            raise ValueError(f"unknown backend(s) {bad}; choose from {list(BACKEND_NAMES)}")
+        return value
+
+
+class BatchConfig(_Section):
+    """Micro-batching across cameras: up to ``size`` frames, waiting at most ``max_wait_ms`` to fill."""
+
+    size: int = Field(1, ge=1, le=64)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+
+
+class OutboxConfig(_Section):
+    """The on-disk store of results not yet acknowledged by the broker."""
+
+    path: Path = Path("linewatch-outbox.sqlite")
+    max_rows: int = Field(100_000, ge=10)
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"  # FULL survives power loss, costs an fsync
+    drain_timeout_s: float = Field(10.0, ge=0)  # graceful shutdown: wait this long for acks
+
+
+class MetricsConfig(_Section):
+    """Prometheus + ``/healthz`` HTTP port (None = off, 0 = any free port) and the metrics-topic period."""
+
+    port: int | None = Field(9108, ge=0, le=65535)
+    host: str = "0.0.0.0"
+    period_s: float = Field(10.0, gt=0)
+    window: int = Field(2048, ge=16)  # latency samples kept for p50/p99
+
+
+class ReloadConfig(_Section):
+    """Bundle store watching and verification of new bundles."""
+
+    watch_interval_s: float = Field(1.0, gt=0)
+    key: Path | None = None  # public key (Ed25519) or HMAC secret; when set, unsigned bundles are refused
+    require_signature: bool = False
+
+
+class CameraConfig(_Section):
+    """Source behaviour: reopen backoff, stall detection, what a video file does at its end."""
+
+    reopen_min_s: float = Field(0.5, gt=0)
+    reopen_max_s: float = Field(30.0, gt=0)
+    stall_timeout_s: float = Field(10.0, gt=0)
+    at_end: Literal["stop", "loop", "wait"] = "wait"
+    dir_poll_s: float = Field(0.2, gt=0)
+    dir_settle_s: float = Field(
+        0.0, ge=0
+    )  # skip files modified more recently than this (still being written)
+    realtime: bool = False  # pace video files at their own fps instead of as fast as possible
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_lines: bool = True
+
+
+class WatchdogConfig(_Section):
+    """systemd ``Type=notify``: READY/STOPPING always when $NOTIFY_SOCKET is set; WATCHDOG when enabled."""
+
+    enabled: bool = True
+    stall_s: float = Field(30.0, gt=0)  # stop feeding the watchdog when inference made no progress this long
+
+
+class EdgeConfig(BaseSettings):
+    """Everything the edge runtime can be told. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    mqtt: MqttConfig = MqttConfig()
+    topic: TopicConfig = TopicConfig()
+    publish: PublishConfig = PublishConfig()
+    queues: QueueConfig = QueueConfig()
+    backend: BackendConfig = BackendConfig()
+    batch: BatchConfig = BatchConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    reload: ReloadConfig = ReloadConfig()
+    camera: CameraConfig = CameraConfig()
+    logging: LoggingConfig = LoggingConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _TOML_PATH.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in item["loc"]).upper()
+        lines.append(f"  {key} (env {env}): {item['msg']}")
+    return "invalid edge configuration:\n" + "\n".join(lines)
+
+
+def _check_file(path: Path) -> None:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
+        raise ConfigError(
+            f"mqtt.password: not allowed in the config file {path}; set {ENV_PREFIX}MQTT__PASSWORD "
+            "or mqtt.password_file"
+        )
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Build and validate the config; raise ConfigError naming every bad key."""
+    toml_path = Path(path) if path is not None else None
+    if toml_path is not None:
+        _check_file(toml_path)
+    token = _TOML_PATH.set(toml_path)
+    try:
+        return EdgeConfig(**(overrides or {}))
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from err
+    finally:
+        _TOML_PATH.reset(token)

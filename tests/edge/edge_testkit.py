@@ -1,0 +1,251 @@
+"""Helpers for the edge tests: a real (tiny) bundle, a video with known defects, a bundle store.
+
+The toy model is a real ONNX graph written with ``onnx.helper``: the per-pixel absolute difference
+of the frame to a ``reference`` image (a data input, like a memory bank), averaged over colour and a
+5x5 window, scaled so that a difference of ``diff_at_half`` grey levels maps to 0.5 (the decision
+threshold), clipped to [0, 1]; score = max of the map; task = 0. Frames of ``background()`` with a
+bright blob pasted in are anomalous exactly where the blob is, so verdicts can be checked exactly.
+
+When the real exporter exists (``export/bundle_writer.py``), only ``make_bundle`` needs swapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FRAME_WH = (160, 120)  # camera frames (w, h)
+MODEL_HW = (64, 64)  # model input (h, w)
+DEFECT_BGR = (30, 240, 250)
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float = 90.0, interval: float = 0.05, what: str = ""
+) -> None:
+    """Poll until true; generous timeouts (slow, loaded CI), no timing assertions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def background(wh: tuple[int, int] = FRAME_WH) -> np.ndarray:
+    """A smooth BGR gradient: survives JPEG/MJPG compression with tiny error."""
+    w, h = wh
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    b = 90 + 60 * x / w
+    g = 110 + 40 * y / h
+    r = 140 - 30 * (x + y) / (w + h)
+    return np.stack([b, g, r], axis=-1).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Truth:
+    index: int
+    defective: bool
+    bbox: tuple[int, int, int, int] | None  # x, y, w, h in frame pixels
+
+
+def defect_box(index: int, wh: tuple[int, int] = FRAME_WH) -> tuple[int, int, int, int]:
+    """Where frame ``index``'s defect goes (moves around so regions are really checked)."""
+    w, h = wh
+    bw, bh = 22, 18
+    x = 10 + (index * 37) % (w - bw - 20)
+    y = 8 + (index * 23) % (h - bh - 16)
+    return x, y, bw, bh
+
+
+def render(index: int, defective: bool, wh: tuple[int, int] = FRAME_WH) -> np.ndarray:
+    img = background(wh).copy()
+    if defective:
+        x, y, bw, bh = defect_box(index, wh)
+        cv2.rectangle(img, (x, y), (x + bw - 1, y + bh - 1), DEFECT_BGR, thickness=-1)
+    return img
+
+
+def write_video(
+    path: Path, n: int, defect_every: int = 4, wh: tuple[int, int] = FRAME_WH, fps: float = 25
+) -> list[Truth]:
+    """An MJPG .avi; frame i is defective when (i + 1) % defect_every == 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, wh)
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    truths = []
+    for i in range(n):
+        bad = defect_every > 0 and (i + 1) % defect_every == 0
+        writer.write(render(i, bad, wh))
+        truths.append(Truth(i, bad, defect_box(i, wh) if bad else None))
+    writer.release()
+    os.replace(tmp, path)
+    return truths
+
+
+def overlaps(a: list[int] | tuple[int, ...], b: tuple[int, int, int, int]) -> bool:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+
+
+# ----------------------------------------------------------------------------- the toy bundle
+
+
+def toy_graph(hw: tuple[int, int], diff_at_half: float):  # -> onnx.ModelProto
+    import onnx
+    from onnx import TensorProto, helper
+
+    h, w = hw
+    scale = 1.0 / (2.0 * diff_at_half)
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["f", "reference"], ["d"]),
+        helper.make_node("Abs", ["d"], ["a"]),
+        helper.make_node("ReduceMean", ["a"], ["m"], axes=[3], keepdims=0),
+        helper.make_node("Unsqueeze", ["m", "ax1"], ["m4"]),
+        helper.make_node(
+            "AveragePool", ["m4"], ["p"], kernel_shape=[5, 5], pads=[2, 2, 2, 2], count_include_pad=0
+        ),
+        helper.make_node("Squeeze", ["p", "ax1"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["ms"]),
+        helper.make_node("Clip", ["ms", "zero", "one"], ["anomaly_map"]),
+        helper.make_node("ReduceMax", ["anomaly_map"], ["score"], axes=[1, 2], keepdims=0),
+        helper.make_node("Mul", ["score", "zero"], ["z"]),
+        helper.make_node("Cast", ["z"], ["task"], to=TensorProto.INT64),
+    ]
+    inits = [
+        helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "toy_diff",
+        [
+            helper.make_tensor_value_info("frames", TensorProto.UINT8, ["batch", h, w, 3]),
+            helper.make_tensor_value_info("reference", TensorProto.FLOAT, [h, w, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", h, w]),
+            helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("task", TensorProto.INT64, ["batch"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def model_reference(hw: tuple[int, int] = MODEL_HW, wh: tuple[int, int] = FRAME_WH) -> np.ndarray:
+    """The background as the model sees it: one cv2.resize (INTER_LINEAR), RGB, float32."""
+    small = cv2.resize(background(wh), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB).astype(np.float32)
+
+
+def make_bundle(
+    out: Path,
+    name: str = "toy",
+    version: int = 1,
+    hw: tuple[int, int] = MODEL_HW,
+    max_batch: int = 4,
+    diff_at_half: float = 40.0,
+    sign_key: Path | None = None,
+    reference: np.ndarray | None = None,
+    golden_offset: float = 0.0,
+) -> Path:
+    """Write a complete bundle directory (graph, data input, golden samples, manifest[, signature]).
+
+    ``golden_offset`` corrupts the recorded golden scores (a bundle whose graph disagrees with them).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    out.mkdir(parents=True, exist_ok=True)
+    ref = model_reference(hw) if reference is None else reference.astype(np.float32)
+    onnx.save(toy_graph(hw, diff_at_half), str(out / "model.onnx"))
+    np.save(out / "reference.npy", ref, allow_pickle=False)
+    good = np.clip(ref, 0, 255).astype(np.uint8)
+    bad = good.copy()
+    bad[hw[0] // 4 : hw[0] // 2, hw[1] // 4 : hw[1] // 2] = (250, 240, 30)
+    noise = np.random.default_rng(version).integers(0, 256, (1, *hw, 3), dtype=np.uint8)
+    inputs = np.concatenate([good[None], bad[None], noise])
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    maps, scores, tasks = sess.run(None, {"frames": inputs, "reference": ref})
+    (out / "golden").mkdir(exist_ok=True)
+    np.save(out / "golden/inputs.npy", inputs, allow_pickle=False)
+    np.save(out / "golden/scores.npy", (scores + golden_offset).astype(np.float32), allow_pickle=False)
+    np.save(out / "golden/maps.npy", maps.astype(np.float32), allow_pickle=False)
+    np.save(out / "golden/tasks.npy", tasks.astype(np.int64), allow_pickle=False)
+    rels = [
+        "model.onnx",
+        "reference.npy",
+        "golden/inputs.npy",
+        "golden/scores.npy",
+        "golden/maps.npy",
+        "golden/tasks.npy",
+    ]
+    manifest = {
+        "schema_version": 1,
+        "model": {"name": name, "version": version},
+        "created": "2026-01-01T00:00:00Z",
+        "method": "toy-diff",
+        "backbone": None,
+        "tasks": ["toy"],
+        "input": {
+            "height": hw[0],
+            "width": hw[1],
+            "channels": 3,
+            "colour": "RGB",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "max_batch": max_batch,
+        },
+        "outputs": {"anomaly_map": ["B", hw[0], hw[1]], "score": ["B"], "task": ["B"]},
+        "data_inputs": [
+            {"name": "reference", "file": "reference.npy", "shape": list(ref.shape), "dtype": "float32"}
+        ],
+        "threshold": 0.5,
+        "files": {rel: _sha(out / rel) for rel in rels},
+        "golden": {
+            "inputs": "golden/inputs.npy",
+            "scores": "golden/scores.npy",
+            "maps": "golden/maps.npy",
+            "tasks": "golden/tasks.npy",
+            "atol_score": 1e-4,
+            "atol_map": 1e-4,
+        },
+        "engines": [],
+        "provenance": {"data": "synthetic test background"},
+        "metrics": {},
+    }
+    raw = (json.dumps(manifest, indent=2) + "\n").encode()
+    (out / "manifest.json").write_bytes(raw)
+    if sign_key is not None:
+        from edge import signing
+
+        (out / "manifest.sig").write_bytes(signing.encode_signature(signing.sign_bytes(raw, sign_key)))
+    return out
+
+
+def publish_to_store(store: Path, bundle_dir: Path) -> None:
+    """What the refresh job does: point ``<store>/current`` at a bundle, atomically."""
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".current.tmp.{os.getpid()}.{time.monotonic_ns()}"
+    os.symlink(bundle_dir.name if bundle_dir.parent == store else str(bundle_dir), tmp)
+    os.replace(tmp, store / "current")
