@@ -302,16 +302,24 @@ class RemoteStore(Store):
             )
         return proc.stdout or ""
 
-    def _sh(self, script: str) -> str:
-        """Run a POSIX shell script on the box, inside the store directory."""
-        return self._run([*self.ssh, self.dest, f"set -e; cd -- {shlex.quote(self.path)}; {script}"])
+    def _sh(self, script: str, *, if_missing: str = "") -> str:
+        """Run a POSIX shell script on the box, inside the store directory.
+
+        With `if_missing`, that runs instead when the store does not exist yet
+        (listing an absent store is empty, not an error).
+        """
+        q = shlex.quote(self.path)
+        guard = f"if [ ! -d {q} ]; then {if_missing}; exit 0; fi; " if if_missing else ""
+        return self._run([*self.ssh, self.dest, f"set -e; {guard}cd -- {q}; {script}"])
 
     def _names(self) -> list[str]:
-        out = self._sh('for d in * .[!.]*; do if [ -d "$d" ] && [ ! -L "$d" ]; then echo "$d"; fi; done')
+        out = self._sh(
+            'for d in * .[!.]*; do if [ -d "$d" ] && [ ! -L "$d" ]; then echo "$d"; fi; done', if_missing=":"
+        )
         return sorted(line for line in out.splitlines() if line and line != CURRENT)
 
     def _readlink(self) -> str | None:
-        out = self._sh(f"if [ -L {CURRENT} ]; then readlink {CURRENT}; fi").strip()
+        out = self._sh(f"if [ -L {CURRENT} ]; then readlink {CURRENT}; fi", if_missing=":").strip()
         return out or None
 
     def _install(self, bundle: Path, dirname: str) -> None:
@@ -324,6 +332,7 @@ class RemoteStore(Store):
                 [
                     *self.rsync,
                     "-a",
+                    "-s",  # protect args: spaces in the remote path survive the remote shell
                     "--delete",
                     "-e",
                     shlex.join(self.ssh),

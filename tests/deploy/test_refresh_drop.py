@@ -1,0 +1,106 @@
+"""The drop directory: what is taken, what is left and why, staging, and the merge after success."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from deploy.refresh.drop import merge_drop, scan_drop, stage_dataset
+
+
+def _img(path: Path, data: bytes = b"img") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _dataset(root: Path) -> Path:
+    for task in ("brick", "gravel"):
+        _img(root / task / "train" / "good" / "000.png", task.encode())
+        _img(root / task / "test" / "good" / "000.png")
+        _img(root / task / "test" / "crack" / "000.png")
+        _img(root / task / "ground_truth" / "crack" / "000_mask.png")
+    return root
+
+
+def _new_task(drop: Path, name: str, *, defects: bool = True) -> None:
+    _img(drop / name / "train" / "good" / "a.png")
+    _img(drop / name / "train" / "good" / "b.png")
+    _img(drop / name / "test" / "good" / "c.png")
+    if defects:
+        _img(drop / name / "test" / "scratch" / "d.png")
+        _img(drop / name / "ground_truth" / "scratch" / "d_mask.png")
+
+
+def test_scan_known_and_new_tasks_with_reasons(tmp_path: Path) -> None:
+    data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
+    _img(drop / "brick" / "train" / "good" / "100.png")
+    _img(drop / "brick" / "train" / "good" / "000.png", b"same name as in the dataset")
+    _img(drop / "brick" / "train" / "good" / "notes.txt")
+    _img(drop / "brick" / "test" / "crack" / "x.png")
+    _new_task(drop, "tile")
+    _new_task(drop, "wood", defects=False)
+    _img(drop / "README.txt")
+    (drop / ".partial").mkdir()
+    scan = scan_drop(drop, ["brick", "gravel"], data, settle_s=0, tag="T")
+    assert sorted(scan.added) == ["brick"]
+    dests = sorted(str(i.dest) for i in scan.added["brick"])
+    assert dests == ["brick/train/good/000.drop-T.png", "brick/train/good/100.png"]  # never overwrite
+    assert sorted(scan.new_tasks) == ["tile"]
+    assert len(scan.new_tasks["tile"]) == 5
+    assert scan.tasks_to_train == ["brick", "tile"]
+    assert not scan.only_adds_images
+    text = "\n".join(scan.ignored)
+    assert "notes.txt: not an image" in text
+    assert "only train/good is taken for the known task 'brick'" in text
+    assert "wood: not a complete new task" in text and "no defect folder" in text
+    assert "README.txt: not a task folder" in text
+    assert ".partial" not in text
+
+
+def test_files_still_being_written_are_left_for_the_next_run(tmp_path: Path) -> None:
+    data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
+    old = _img(drop / "brick" / "train" / "good" / "old.png")
+    past = time.time() - 600
+    os.utime(old, (past, past))
+    _img(drop / "brick" / "train" / "good" / "fresh.png")
+    _new_task(drop, "tile")
+    scan = scan_drop(drop, ["brick"], data, settle_s=60)
+    assert [i.src.name for i in scan.added["brick"]] == ["old.png"]
+    assert scan.only_adds_images
+    assert any("fresh.png: modified less than 60s ago" in r for r in scan.ignored)
+    assert any("tile: files modified less than" in r for r in scan.ignored)
+
+
+def test_empty_or_missing_drop(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data")
+    assert scan_drop(tmp_path / "nope", ["brick"], data).empty
+    (tmp_path / "drop" / "brick" / "train" / "good").mkdir(parents=True)
+    assert scan_drop(tmp_path / "drop", ["brick"], data, settle_s=0).empty
+
+
+def test_stage_then_merge(tmp_path: Path) -> None:
+    data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
+    _img(drop / "brick" / "train" / "good" / "100.png", b"new brick")
+    _new_task(drop, "tile")
+    scan = scan_drop(drop, ["brick", "gravel"], data, settle_s=0)
+    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    staging = stage_dataset(data, scan, tmp_path / "ws" / "data")
+    # The staging view is the dataset plus the drop; the dataset itself is untouched.
+    assert (staging / "brick" / "train" / "good" / "100.png").read_bytes() == b"new brick"
+    assert (staging / "brick" / "train" / "good" / "000.png").read_bytes() == b"brick"
+    assert (staging / "tile" / "test" / "scratch" / "d.png").is_file()
+    assert (staging / "gravel" / "ground_truth" / "crack" / "000_mask.png").is_file()
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
+    assert (
+        os.stat(staging / "brick" / "train" / "good" / "000.png").st_ino
+        == os.stat(data / "brick" / "train" / "good" / "000.png").st_ino
+    )  # hard links: no copy of the dataset
+    moved = merge_drop(scan, data, drop)
+    assert moved == 6
+    assert (data / "brick" / "train" / "good" / "100.png").read_bytes() == b"new brick"
+    assert (data / "tile" / "ground_truth" / "scratch" / "d_mask.png").is_file()
+    assert not (drop / "tile").exists()  # emptied new-task folder removed
+    assert (drop / "brick" / "train" / "good").is_dir()  # known-task drop folder kept for next time
+    assert scan_drop(drop, ["brick", "gravel", "tile"], data, settle_s=0).empty

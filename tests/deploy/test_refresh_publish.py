@@ -1,0 +1,179 @@
+"""Publishing into the bundle store: atomic for readers, monotonic in version, local and over ssh."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from refresh_testkit import check_bundle, write_bundle
+
+from deploy.refresh import fsutil
+from deploy.refresh.publish import BundleError, LocalStore, RemoteStore, StoreError, bundle_dirname
+
+READER = Path(__file__).with_name("refresh_race_reader.py")
+
+
+def test_publish_installs_under_versioned_name_with_relative_current(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    result = store.publish(write_bundle(tmp_path / "b7", 7))
+    assert result.dirname == bundle_dirname("linewatch", 7) == "linewatch-v000007"
+    assert result.previous is None
+    assert (
+        os.readlink(store.root / "current") == "linewatch-v000007"
+    )  # relative: store may be mounted elsewhere
+    assert check_bundle(store.root / "current") is None
+    assert sorted(os.listdir(store.root)) == ["current", "linewatch-v000007"]  # no temporaries left
+    second = store.publish(write_bundle(tmp_path / "b8", 8))
+    assert second.previous == "linewatch-v000007"
+    assert store.current() == "linewatch-v000008"
+    assert [p.version for p in store.published()] == [7, 8]
+
+
+def test_publish_refuses_non_increasing_versions_and_non_bundles(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    store.publish(write_bundle(tmp_path / "b5", 5))
+    for version in (5, 4):
+        with pytest.raises(StoreError, match="versions only increase"):
+            store.publish(write_bundle(tmp_path / f"again{version}", version))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        store.publish(tmp_path / "empty")
+    bad = write_bundle(tmp_path / "bad", 9, extra={"schema_version": 2})
+    with pytest.raises(BundleError, match="schema_version"):
+        store.publish(bad)
+    weird = write_bundle(tmp_path / "weird", 9, name="../evil")
+    with pytest.raises(BundleError, match="model.name"):
+        store.publish(weird)
+    assert store.current() == "linewatch-v000005"
+
+
+def test_a_publish_that_crashes_midway_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    store.publish(write_bundle(tmp_path / "b1", 1))
+    calls = {"n": 0}
+    real_copy = fsutil.shutil.copy2
+
+    def flaky_copy(src: str, dst: str) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(fsutil.shutil, "copy2", flaky_copy)
+    with pytest.raises(OSError, match="No space"):
+        store.publish(write_bundle(tmp_path / "b2", 2))
+    assert store.current() == "linewatch-v000001"
+    assert sorted(os.listdir(store.root)) == ["current", "linewatch-v000001"]
+
+
+def test_readers_never_see_a_partial_bundle(tmp_path: Path) -> None:
+    """A separate process resolves `current` in a tight loop while 40 bundles are published."""
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    sources = [
+        write_bundle(tmp_path / "src" / str(v), v, sizes=(300_000, 120_000, *([4_000] * 8)))
+        for v in range(1, 41)
+    ]
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, str(READER), str(store.root), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(0.3)
+        for src in sources:
+            store.publish(src)
+            if src.name in ("10", "20", "30"):
+                store.prune(keep=5)  # deletion of old versions happens during the race too
+        time.sleep(0.2)
+    finally:
+        stop.touch()
+        out, _ = reader.communicate(timeout=60)
+    summary = json.loads(out)
+    assert summary["n_partial"] == 0, summary["partial"]
+    assert summary["missing_link"] == 0
+    assert summary["observations"] > 100
+    assert summary["versions"] >= 5  # the reader really saw the target change under it
+    assert store.current() == "linewatch-v000040"
+
+
+def test_prune_keeps_current_and_its_rollback_target(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    for v in range(1, 8):
+        store.publish(write_bundle(tmp_path / f"b{v}", v, sizes=(10,)))
+    store.point_current("linewatch-v000002")  # rolled far back
+    removed = store.prune(keep=3)
+    left = [p.version for p in store.published()]
+    assert 2 in left and 1 in left  # current and the version below it survive
+    assert len(left) == 3 and removed
+    assert store.current() == "linewatch-v000002"
+
+
+FAKE_SSH = """#!/bin/sh
+# Stand-in for `ssh DEST COMMAND`: runs COMMAND with the local shell, as sshd would.
+shift
+exec sh -c "$*"
+"""
+
+FAKE_RSYNC = """#!/bin/sh
+# Stand-in for `rsync -a --delete -e SSH SRC/ HOST:DST/`: copies locally.
+for last; do :; done
+src=""
+for arg; do [ "$arg" = "$last" ] && break; src="$arg"; done
+dst="${last#*:}"
+mkdir -p "$dst" && cp -a "$src". "$dst"
+"""
+
+
+@pytest.fixture
+def remote_store(tmp_path: Path) -> RemoteStore:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("ssh", FAKE_SSH), ("rsync", FAKE_RSYNC)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return RemoteStore(
+        "edge@box", str(tmp_path / "remote store"), ssh=[str(bindir / "ssh")], rsync=[str(bindir / "rsync")]
+    )
+
+
+def test_remote_publish_runs_the_same_renames_over_ssh(tmp_path: Path, remote_store: RemoteStore) -> None:
+    root = Path(remote_store.path)
+    first = remote_store.publish(write_bundle(tmp_path / "b3", 3))
+    assert first.dirname == "linewatch-v000003" and first.previous is None
+    second = remote_store.publish(write_bundle(tmp_path / "b4", 4))
+    assert second.previous == "linewatch-v000003"
+    assert os.readlink(root / "current") == "linewatch-v000004"
+    assert check_bundle(root / "current") is None
+    assert sorted(os.listdir(root)) == ["current", "linewatch-v000003", "linewatch-v000004"]
+    assert remote_store.current() == "linewatch-v000004"
+    assert [p.version for p in remote_store.published()] == [3, 4]
+    with pytest.raises(StoreError, match="versions only increase"):
+        remote_store.publish(write_bundle(tmp_path / "b2", 2))
+    remote_store.point_current("linewatch-v000003")
+    assert os.readlink(root / "current") == "linewatch-v000003"
+    hidden = remote_store.set_aside("linewatch-v000004")
+    assert hidden.startswith(".rejected-linewatch-v000004-") and (root / hidden).is_dir()
+    assert [p.version for p in remote_store.published()] == [3]
+
+
+def test_remote_failure_is_reported_with_stderr(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ssh").write_text(
+        "#!/bin/sh\necho 'ssh: connect to host box port 22: No route to host' >&2\nexit 255\n"
+    )
+    (bindir / "ssh").chmod(0o755)
+    store = RemoteStore("box", "/srv/bundles", ssh=[str(bindir / "ssh")])
+    with pytest.raises(StoreError, match="No route to host"):
+        store.publish(write_bundle(tmp_path / "b1", 1))
