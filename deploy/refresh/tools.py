@@ -10,6 +10,7 @@ integration test can call the steps one by one with the real CLIs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import shlex
@@ -76,12 +77,22 @@ def run_tool(step: str, argv: Sequence[str], timeout_s: float, say: Say = print)
     try:
         returncode: int | None = proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill_group(proc)
         returncode = None
+    except BaseException:
+        # Interrupted (SIGTERM from systemd, Ctrl-C): the tool runs in its own session,
+        # so it would outlive us and keep writing into the workspace. Stop it first.
+        _kill_group(proc)
+        raise
     reader.join(timeout=5)
     if returncode != 0:
         raise StepError(step, argv, returncode, "\n".join(tail))
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class RunInfo:

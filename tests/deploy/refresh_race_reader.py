@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refresh_testkit import check_bundle  # noqa: E402
+from refresh_testkit import check_bundle
 
 
 def main() -> None:

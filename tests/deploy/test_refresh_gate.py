@@ -114,5 +114,5 @@ def test_read_eval_takes_the_last_matrix_row(tmp_path: Path) -> None:
     (tmp_path / "m.json").write_text(json.dumps(doc))
     assert read_eval(tmp_path / "m.json") == {"a": 0.91, "b": 0.92, "c": None}
     (tmp_path / "bad.json").write_text(json.dumps({"tasks": ["a"], "matrix": {}}))
-    with pytest.raises(ValueError, match="matrix.image_auroc"):
+    with pytest.raises(ValueError, match=r"matrix\.image_auroc"):
         read_eval(tmp_path / "bad.json")

@@ -43,13 +43,13 @@ def test_publish_refuses_non_increasing_versions_and_non_bundles(tmp_path: Path)
         with pytest.raises(StoreError, match="versions only increase"):
             store.publish(write_bundle(tmp_path / f"again{version}", version))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BundleError, match="no manifest.json"):
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
         store.publish(tmp_path / "empty")
     bad = write_bundle(tmp_path / "bad", 9, extra={"schema_version": 2})
     with pytest.raises(BundleError, match="schema_version"):
         store.publish(bad)
     weird = write_bundle(tmp_path / "weird", 9, name="../evil")
-    with pytest.raises(BundleError, match="model.name"):
+    with pytest.raises(BundleError, match=r"model\.name"):
         store.publish(weird)
     assert store.current() == "linewatch-v000005"
 
