@@ -1,0 +1,162 @@
+"""``linewatch-edge``: ``run`` the runtime, or ``verify`` a bundle the way the box would load it.
+
+Exit codes (scripts and systemd rely on them): 0 ok, 1 unexpected error, 2 bad usage or config,
+3 bundle refused (manifest, hashes, signature...), 4 no inference backend available,
+5 golden samples do not match on the chosen backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge.config import BACKEND_NAMES, ConfigError, EdgeConfig, load_config
+from edge.logs import setup_logging
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUNDLE, EXIT_BACKEND, EXIT_GOLDEN = 0, 1, 2, 3, 4, 5
+
+log = logging.getLogger("edge.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linewatch-edge", description="Linewatch edge runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="score camera frames and publish verdicts over MQTT")
+    run.add_argument(
+        "--bundle", required=True, help="bundle directory or .tar, or a store with a 'current' link"
+    )
+    run.add_argument("--source", required=True, action="append", help="camera URI; repeat for more cameras")
+    run.add_argument("--mqtt", help="broker URL mqtt://host:port or mqtts://host:port (overrides mqtt.url)")
+    run.add_argument("--config", type=Path, help="TOML config file")
+    run.add_argument(
+        "--camera", action="append", help="camera name per --source, in order (default cam0, cam1...)"
+    )
+    run.add_argument("--max-frames", type=int, help="stop after this many verdicts per camera")
+    run.add_argument(
+        "--exit-at-end", action="store_true", help="exit when every source has ended (video files)"
+    )
+    run.add_argument("--backend", action="append", choices=BACKEND_NAMES, help="backend order override")
+    run.add_argument("--metrics-port", type=int, help="Prometheus/healthz port (overrides metrics.port)")
+    run.add_argument("--outbox", type=Path, help="outbox SQLite path (overrides outbox.path)")
+    verify = sub.add_parser("verify", help="open, verify and golden-check a bundle on this box's backend")
+    verify.add_argument("--bundle", required=True, type=Path)
+    verify.add_argument(
+        "--key", type=Path, help="public key / HMAC secret: the bundle must be signed with it"
+    )
+    verify.add_argument("--backend", choices=BACKEND_NAMES, help="check on this backend only")
+    verify.add_argument("--config", type=Path, help="TOML config file (backend order, key)")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> EdgeConfig:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "mqtt", None):
+        overrides.setdefault("mqtt", {})["url"] = args.mqtt
+    if getattr(args, "exit_at_end", False):
+        overrides.setdefault("camera", {})["at_end"] = "stop"
+    if getattr(args, "metrics_port", None) is not None:
+        overrides.setdefault("metrics", {})["port"] = args.metrics_port
+    if getattr(args, "outbox", None) is not None:
+        overrides.setdefault("outbox", {})["path"] = args.outbox
+    return load_config(args.config, overrides)
+
+
+def _run(args: argparse.Namespace, cfg: EdgeConfig) -> int:
+    from edge.backends import BackendUnavailable
+    from edge.bundle import BundleError
+    from edge.runtime import EdgeRuntime
+
+    if args.max_frames is not None and args.max_frames < 1:
+        print("linewatch-edge: --max-frames must be >= 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        runtime = EdgeRuntime(cfg, args.bundle, args.source, args.camera, args.max_frames, args.backend)
+    except ValueError as exc:
+        print(f"linewatch-edge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            runtime.start()
+        except BundleError as exc:
+            print(f"linewatch-edge: bundle refused: {exc}", file=sys.stderr)
+            return EXIT_GOLDEN if exc.check == "golden" else EXIT_BUNDLE
+        except BackendUnavailable as exc:
+            print(f"linewatch-edge: {exc}", file=sys.stderr)
+            return EXIT_BACKEND
+        except OSError as exc:
+            print(f"linewatch-edge: cannot load the bundle: {exc}", file=sys.stderr)
+            return EXIT_BUNDLE
+        runtime.wait(stop)
+        return EXIT_OK
+    finally:
+        runtime.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
+    from edge.backends import BackendUnavailable, select_backend
+    from edge.bundle import BundleError, open_bundle
+    from edge.model_manager import is_store, store_target
+
+    path = store_target(args.bundle) if is_store(args.bundle) else args.bundle
+    key = args.key or cfg.reload.key
+    try:
+        bundle = open_bundle(path, key=key, require_signature=key is not None or cfg.reload.require_signature)
+    except BundleError as exc:
+        print(f"linewatch-edge verify: REFUSED: {exc}", file=sys.stderr)
+        return EXIT_BUNDLE
+    try:
+        selection = select_backend(bundle, cfg.backend, [args.backend] if args.backend else None)
+    except BundleError as exc:
+        print(f"linewatch-edge verify: GOLDEN MISMATCH: {exc}", file=sys.stderr)
+        return EXIT_GOLDEN
+    except BackendUnavailable as exc:
+        print(f"linewatch-edge verify: NO BACKEND: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    report = {
+        "ok": True,
+        "bundle": str(path),
+        "model": {"name": bundle.name, "version": bundle.version},
+        "signature_verified": bundle.signature_verified,
+        "backend": selection.backend.name,
+        "golden": selection.report.as_dict(),
+        "skipped_backends": selection.skipped,
+    }
+    selection.backend.close()
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        print(f"linewatch-edge: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(cfg.logging.level, cfg.logging.json_lines)
+    try:
+        return _run(args, cfg) if args.command == "run" else _verify(args, cfg)
+    except Exception:
+        log.exception("linewatch-edge failed")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""The frame path: capture threads -> frame queues -> inference thread -> result queue -> postprocess.
+
+Stages run concurrently and hand over through bounded queues with an explicit full policy, so a slow
+stage never stalls the camera (live sources drop the oldest frame, counted) and memory stays flat.
+The inference thread micro-batches across cameras and preprocesses with one ``cv2.resize`` per
+frame straight into a preallocated batch buffer (plus an in-place BGR->RGB swap in that buffer),
+which is reused for every batch. The postprocess thread turns maps into regions and payloads and
+writes them to the outbox, from which each camera's MQTT link delivers them in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge import payloads
+from edge.config import EdgeConfig
+from edge.model_manager import LoadedModel, ModelManager
+from edge.observability import Telemetry
+from edge.outbox import FrameIds, Outbox
+from edge.postprocess import find_regions, overlay_jpeg
+from edge.queues import BoundedQueue, Closed
+from edge.sources import CameraSource, Frame
+
+log = logging.getLogger(__name__)
+
+MARKS_LIMIT = 20_000
+
+
+@dataclass
+class Scored:
+    """A frame with its model outputs, on its way to post-processing."""
+
+    frame: Frame
+    anomaly_map: np.ndarray
+    score: float
+    task: int
+    model: LoadedModel
+    queue_ms: float
+    preprocess_ms: float
+    infer_ms: float
+
+
+@dataclass
+class Summary:
+    """Accumulates normal frames between summaries (publish mode 'anomalies')."""
+
+    since: float = field(default_factory=time.monotonic)
+    frames: int = 0
+    anomalies: int = 0
+    first_frame_id: int | None = None
+    last_frame_id: int | None = None
+    max_score: float | None = None
+
+    def add(self, frame_id: int, score: float, anomalous: bool) -> None:
+        self.frames += 1
+        self.anomalies += int(anomalous)
+        self.first_frame_id = frame_id if self.first_frame_id is None else self.first_frame_id
+        self.last_frame_id = frame_id
+        self.max_score = score if self.max_score is None else max(self.max_score, score)
+
+
+class Camera:
+    """Per-camera state shared by the stages, the MQTT link, the commands and the metrics."""
+
+    def __init__(
+        self, name: str, root: str, uri: str, cfg: EdgeConfig, outbox: Outbox, max_frames: int | None
+    ) -> None:
+        self.name, self.root, self.uri = name, root, uri
+        self.cfg = cfg
+        self.threshold = cfg.publish.threshold
+        self.ids = FrameIds(outbox, name)
+        self.max_frames = max_frames
+        self.results = 0
+        self.anomalies = 0
+        self.summary = Summary()
+        self.latest: tuple[Frame, np.ndarray | None, int] | None = None  # for the snapshot command
+        self.marks: dict[int, tuple[float, float]] = {}  # outbox row -> (t_captured, t_written)
+        self.link: Any = None  # MqttLink, attached by the runtime
+        self.done = threading.Event()  # max_frames reached
+        self.source = CameraSource(name, uri, cfg.camera, self._accept)
+        policy = cfg.queues.offline_policy if self.source.spec.offline else cfg.queues.policy
+        self.queue: BoundedQueue[Frame] = BoundedQueue(cfg.queues.frames, policy)
+
+    def topic(self, leaf: str) -> str:
+        return f"{self.root}/{leaf}"
+
+    def _accept(self, frame: Frame) -> None:
+        """Capture-thread sink: number the frame, then queue it under the camera's full policy."""
+        frame.frame_id = self.ids.next()
+        self.queue.put(frame)
+
+    def attach_signal(self, signal: threading.Event) -> None:
+        self.queue._signal = signal
+
+
+class InferenceWorker:
+    """Gathers frames across cameras into micro-batches, preprocesses into a reused buffer, infers."""
+
+    def __init__(
+        self,
+        cameras: list[Camera],
+        models: ModelManager,
+        results: BoundedQueue[Scored],
+        cfg: EdgeConfig,
+        telemetry: Telemetry,
+    ) -> None:
+        self.cameras, self.models, self.results, self.cfg, self.telemetry = (
+            cameras,
+            models,
+            results,
+            cfg,
+            telemetry,
+        )
+        self.signal = threading.Event()
+        for cam in cameras:
+            cam.attach_signal(self.signal)
+        self._buffer: np.ndarray | None = None
+        self._rr = 0
+        self.batches = 0
+        self.errors = 0
+        self.last_progress = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _take(self, limit: int) -> list[Frame]:
+        """Round-robin over the cameras' queues so that one busy camera cannot starve the others."""
+        taken: list[Frame] = []
+        n = len(self.cameras)
+        idle_rounds = 0
+        while len(taken) < limit and idle_rounds < 1:
+            got = False
+            for k in range(n):
+                cam = self.cameras[(self._rr + k) % n]
+                frame = cam.queue.get_nowait()
+                if frame is not None:
+                    taken.append(frame)
+                    got = True
+                    if len(taken) >= limit:
+                        break
+            self._rr = (self._rr + 1) % n
+            idle_rounds = 0 if got else idle_rounds + 1
+        return taken
+
+    def _gather(self, limit: int) -> list[Frame] | None:
+        """Up to ``limit`` frames; None once every camera queue is closed and empty."""
+        while True:
+            batch = self._take(limit)
+            if batch:
+                if len(batch) < limit and self.cfg.batch.max_wait_ms > 0 and limit > 1:
+                    deadline = time.perf_counter() + self.cfg.batch.max_wait_ms / 1000.0
+                    while len(batch) < limit and time.perf_counter() < deadline:
+                        self.signal.wait(max(deadline - time.perf_counter(), 0))
+                        self.signal.clear()
+                        batch += self._take(limit - len(batch))
+                return batch
+            if all(cam.queue.closed and len(cam.queue) == 0 for cam in self.cameras):
+                return None
+            self.signal.wait(0.5)
+            self.signal.clear()
+
+    def _buffer_for(self, model: LoadedModel, size: int) -> np.ndarray:
+        h, w = model.bundle.input_hw
+        if self._buffer is None or self._buffer.shape != (size, h, w, 3):
+            self._buffer = np.empty((size, h, w, 3), np.uint8)  # allocated once per model geometry
+        return self._buffer
+
+    def _run(self) -> None:
+        try:
+            while True:
+                model = self.models.current()  # a swapped-in model takes effect here, between batches
+                size = max(1, min(self.cfg.batch.size, model.bundle.max_batch))
+                batch = self._gather(size)
+                if batch is None:
+                    return
+                self._infer(model, batch, size)
+        except Exception:
+            log.exception("inference thread crashed")
+        finally:
+            self.results.close()
+
+    def _infer(self, model: LoadedModel, batch: list[Frame], size: int) -> None:
+        buf = self._buffer_for(model, size)
+        h, w = model.bundle.input_hw
+        t_start = time.perf_counter()
+        for i, frame in enumerate(batch):
+            cv2.resize(frame.image, (w, h), dst=buf[i], interpolation=cv2.INTER_LINEAR)
+            cv2.cvtColor(buf[i], cv2.COLOR_BGR2RGB, dst=buf[i])
+        t_pre = time.perf_counter()
+        try:
+            maps, scores, tasks = model.backend.infer(buf[: len(batch)])
+        except Exception as exc:
+            self.errors += 1
+            log.error("inference failed; batch skipped", extra={"error": str(exc), "frames": len(batch)})
+            time.sleep(0.05)
+            return
+        t_inf = time.perf_counter()
+        pre_ms = (t_pre - t_start) * 1000.0 / len(batch)
+        inf_ms = (t_inf - t_pre) * 1000.0
+        for i, frame in enumerate(batch):
+            scored = Scored(
+                frame, maps[i], float(scores[i]), int(tasks[i]), model,
+                queue_ms=max(0.0, (t_start - frame.t_captured) * 1000.0), preprocess_ms=pre_ms, infer_ms=inf_ms,
+            )  # fmt: skip
+            if not self.results.put(scored):
+                log.warning("result dropped: result queue full", extra={"camera": frame.camera})
+        self.batches += 1
+        self.last_progress = time.monotonic()
+
+
+class PostprocessWorker:
+    """Regions, overlay, payload; writes each verdict to the outbox and wakes the camera's link."""
+
+    def __init__(
+        self,
+        cameras: dict[str, Camera],
+        results: BoundedQueue[Scored],
+        outbox: Outbox,
+        cfg: EdgeConfig,
+        telemetry: Telemetry,
+        models: ModelManager,
+    ) -> None:
+        self.cameras, self.results, self.outbox, self.cfg, self.telemetry = (
+            cameras,
+            results,
+            outbox,
+            cfg,
+            telemetry,
+        )
+        self.models = models
+        self.processed = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name="postprocess", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self.results.get(timeout=0.5)
+            except Closed:
+                break
+            try:
+                if item is not None:
+                    self.handle(item)
+                self._summaries()
+            except Exception:
+                self.errors += 1
+                log.exception("postprocess failed")
+        self._summaries(force=True)
+
+    def handle(self, item: Scored) -> None:
+        cfg = self.cfg.publish
+        frame, cam = item.frame, self.cameras[item.frame.camera]
+        t0 = time.perf_counter()
+        threshold = cam.threshold
+        score, error = item.score, None
+        if not math.isfinite(score):
+            score, error = 1.0, "model returned a non-finite score; flagged anomalous"
+        anomalous = score >= threshold
+        fh, fw = frame.image.shape[:2]
+        regions = []
+        heatmap: bytes | None = None
+        amap = item.anomaly_map
+        if anomalous:
+            amap = np.nan_to_num(amap, nan=1.0, posinf=1.0, neginf=0.0)
+            regions = [r.as_dict() for r in find_regions(amap, (fh, fw), threshold, cfg.min_region_area)]
+            if cfg.heatmap:
+                heatmap = overlay_jpeg(frame.image, amap, cfg.heatmap_alpha, cfg.heatmap_quality)
+        t1 = time.perf_counter()
+        post_ms = (t1 - t0) * 1000.0
+        tasks = item.model.bundle.tasks
+        body: dict[str, Any] = {
+            "schema": payloads.RESULT,
+            "ts": payloads.utc_iso(frame.captured_at),
+            "frame_id": frame.frame_id,
+            "camera": cam.name,
+            "model": item.model.ref(),
+            "backend": item.model.backend_name,
+            "score": round(score, 6),
+            "threshold": threshold,
+            "anomalous": anomalous,
+            "task": item.task,
+            "task_name": tasks[item.task] if 0 <= item.task < len(tasks) else None,
+            "regions": regions,
+            "latency_ms": {
+                "capture": round(frame.capture_ms, 3),
+                "queue": round(item.queue_ms, 3),
+                "preprocess": round(item.preprocess_ms, 3),
+                "infer": round(item.infer_ms, 3),
+                "postprocess": round(post_ms, 3),
+                "pipeline": round((t1 - frame.t_captured) * 1000.0, 3),
+            },
+            "frame_size": {"width": fw, "height": fh},
+            "source": {"pos": frame.source_pos, "file": frame.source_name},
+            "heatmap": heatmap is not None,
+        }
+        if error:
+            body["error"] = error
+        messages: list[tuple[str, bytes, int]] = []
+        if cfg.mode == "every_frame" or anomalous:
+            messages.append((cam.topic("result"), payloads.dumps(body), 1))
+            if heatmap is not None:
+                messages.append((cam.topic("heatmap"), heatmap, 1))
+        cam.latest = (frame, amap, frame.frame_id)
+        cam.summary.add(frame.frame_id, score, anomalous)
+        if messages:
+            ids = self.outbox.add_many(cam.name, messages)
+            t_written = time.perf_counter()
+            if len(cam.marks) > MARKS_LIMIT:
+                cam.marks.pop(next(iter(cam.marks)), None)
+            cam.marks[ids[0]] = (frame.t_captured, t_written)
+            if cam.link is not None:
+                cam.link.wake()
+        self._account(cam, item, frame, post_ms, anomalous)
+
+    def _account(self, cam: Camera, item: Scored, frame: Frame, post_ms: float, anomalous: bool) -> None:
+        t = self.telemetry
+        t.observe(cam.name, "capture", frame.capture_ms)
+        t.observe(cam.name, "queue", item.queue_ms)
+        t.observe(cam.name, "preprocess", item.preprocess_ms)
+        t.observe(cam.name, "infer", item.infer_ms)
+        t.observe(cam.name, "postprocess", post_ms)
+        t.frames.labels(cam.name).inc()
+        windows = t.camera(cam.name)
+        windows.fps.tick()
+        if anomalous:
+            t.anomalies.labels(cam.name).inc()
+            windows.anomalies.tick()
+            cam.anomalies += 1
+        cam.results += 1
+        self.processed += 1
+        if cam.max_frames is not None and cam.results >= cam.max_frames and not cam.done.is_set():
+            cam.done.set()
+            cam.source.stop()
+
+    def _summaries(self, force: bool = False) -> None:
+        if self.cfg.publish.mode != "anomalies":
+            return
+        now = time.monotonic()
+        for cam in self.cameras.values():
+            s = cam.summary
+            if not force and now - s.since < self.cfg.publish.summary_period_s:
+                continue
+            if force and s.frames == 0:
+                continue
+            loaded = self.models.loaded
+            body = {
+                "schema": payloads.SUMMARY,
+                "ts": payloads.utc_iso(),
+                "camera": cam.name,
+                "model": loaded.ref() if loaded else {"name": "unknown", "version": 0},
+                "period_s": round(now - s.since, 3),
+                "frames": s.frames,
+                "anomalies": s.anomalies,
+                "first_frame_id": s.first_frame_id,
+                "last_frame_id": s.last_frame_id,
+                "max_score": None if s.max_score is None else round(s.max_score, 6),
+                "threshold": cam.threshold,
+            }
+            cam.summary = Summary()
+            self.outbox.add(cam.name, cam.topic("result"), payloads.dumps(body), 1)
+            if cam.link is not None:
+                cam.link.wake()
