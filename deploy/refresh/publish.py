@@ -81,6 +81,11 @@ def bundle_dirname(name: str, version: int) -> str:
     return f"{name}-v{version:06d}"
 
 
+def engine_cache_name(dirname: str) -> str:
+    """Where the edge caches TensorRT engines it built for a bundle (beside it, hidden)."""
+    return f".{dirname}.engines"
+
+
 def parse_dirname(dirname: str) -> Published | None:
     match = _DIR_RE.match(dirname)
     if not match:
@@ -182,7 +187,11 @@ class Store:
         return hidden
 
     def prune(self, keep: int) -> list[str]:
-        """Delete old bundles beyond `keep`; never the current one or its rollback target."""
+        """Delete old bundles beyond `keep`; never the current one or its rollback target.
+
+        The engine cache the edge keeps beside a bundle goes with it; refused bundles
+        set aside by a rollback are kept for diagnosis, the newest few only.
+        """
         published = self.published()
         cur = self.current()
         protected = {cur}
@@ -190,6 +199,7 @@ class Store:
         if prev is not None:
             protected.add(prev.dirname)
         removed: list[str] = []
+        names = set(self._names())
         excess = len(published) - keep
         for item in published:
             if excess <= 0:
@@ -199,7 +209,16 @@ class Store:
             self._remove(item.dirname)
             removed.append(item.dirname)
             excess -= 1
-        rejected = sorted(n for n in self._names() if n.startswith(".rejected-"))
+            if engine_cache_name(item.dirname) in names:
+                self._remove(engine_cache_name(item.dirname))
+        live = {p.dirname for p in self.published()}
+        gone = {engine_cache_name(r) for r in removed}
+        for name in sorted(names - gone):
+            # Engine caches of bundles that are gone (refused and set aside, or pruned earlier).
+            if name.startswith(".") and name.endswith(".engines") and name[1 : -len(".engines")] not in live:
+                self._remove(name)
+                removed.append(name)
+        rejected = sorted(n for n in names if n.startswith(".rejected-"))
         for name in rejected[: max(0, len(rejected) - KEEP_REJECTED)]:
             self._remove(name)
             removed.append(name)

@@ -112,11 +112,20 @@ def test_prune_keeps_current_and_its_rollback_target(tmp_path: Path) -> None:
     for v in range(1, 8):
         store.publish(write_bundle(tmp_path / f"b{v}", v, sizes=(10,)))
     store.point_current("linewatch-v000002")  # rolled far back
+    (store.root / ".linewatch-v000003.engines").mkdir()  # what the edge caches beside a bundle
+    (store.root / ".linewatch-v000002.engines").mkdir()
+    (store.root / ".linewatch-v000099.engines").mkdir()  # orphan: its bundle was refused
+    for i in range(5):
+        (store.root / f".rejected-linewatch-v00000{i}-2026").mkdir()
     removed = store.prune(keep=3)
     left = [p.version for p in store.published()]
     assert 2 in left and 1 in left  # current and the version below it survive
     assert len(left) == 3 and removed
     assert store.current() == "linewatch-v000002"
+    hidden = sorted(n for n in os.listdir(store.root) if n.startswith("."))
+    assert ".linewatch-v000003.engines" not in hidden and ".linewatch-v000002.engines" in hidden
+    assert ".linewatch-v000099.engines" not in hidden
+    assert len([n for n in hidden if n.startswith(".rejected-")]) == 3
 
 
 FAKE_SSH = """#!/bin/sh
