@@ -1,0 +1,424 @@
+"""Build TensorRT engines from a bundle's `model.onnx` (export machine and box alike).
+
+Why it lives in `edge`: a plan only runs on the TensorRT version and GPU it was built
+for. The exporter ships engines for the GPUs it has; when none matches the box, the
+box builds one itself from `model.onnx` and caches it beside the bundle (never inside
+it: the bundle's manifest is signed and must list every `.plan`).
+
+Supported: TensorRT 8.6 and 10.x Python API. `tensorrt` is imported lazily inside the
+functions, so importing this module costs nothing on a CPU-only box.
+
+Engine shape contract:
+- `frames` (uint8 NHWC): one optimisation profile, batch 1..max_batch, opt = `opt_batch`
+  (default max_batch: the runtime batches frames up to max_batch under load).
+- data inputs (memory banks, Gaussians, normalisation): min = opt = max = their static
+  shapes. They stay network inputs, so a bank-only refresh reuses the engine.
+- Precision: FP32, or FP16 (only where the GPU has fast FP16, unless forced). INT8 is
+  a documented stretch and not implemented: the distance computations of memory-bank
+  methods need calibration data per task, and FP16 already meets the latency budget.
+- TensorRT 8.6 casts int64 tensors to int32: on 8.6 the `task` output binding is int32.
+
+Every plan gets a JSON sidecar (`<plan>.json`) with its manifest entry: TensorRT
+version, GPU name, compute capability, precision, batch range and the sha256 of the
+graph it was built from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PRECISIONS = ("fp32", "fp16")
+FRAMES_INPUT = "frames"
+DEFAULT_WORKSPACE_BYTES = 1 << 30
+INSTALL_HINT = (
+    "TensorRT not installed: engine build needs an NVIDIA GPU with TensorRT "
+    "(pip install 'linewatch[tensorrt]' on a CUDA machine, or JetPack on a Jetson)"
+)
+
+
+class EngineBuildError(RuntimeError):
+    """TensorRT is missing, the GPU is missing, or the build failed (message says which)."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a plan is tied to: the exact TensorRT version and the GPU."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7" for Jetson Orin, "9.0" for H100
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _import_trt() -> Any:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as e:  # also catches a broken install missing its libs
+        raise EngineBuildError(f"{INSTALL_HINT}: {e}") from e
+    return trt
+
+
+def _trt_major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def _gpu_from_cuda_python() -> tuple[str, str] | None:
+    try:
+        try:
+            from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+        except ImportError:
+            from cuda import cudart  # type: ignore[import-not-found,no-redef]
+        err, prop = cudart.cudaGetDeviceProperties(0)
+        if int(err) != 0:
+            return None
+        name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
+        return name.strip("\x00 "), f"{prop.major}.{prop.minor}"
+    except Exception:
+        return None
+
+
+def _gpu_from_pycuda() -> tuple[str, str] | None:
+    try:
+        import pycuda.driver as cuda  # type: ignore[import-not-found]
+
+        cuda.init()
+        dev = cuda.Device(0)
+        major, minor = dev.compute_capability()
+        return str(dev.name()), f"{major}.{minor}"
+    except Exception:
+        return None
+
+
+def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not out:
+        return None
+    name, _, cc = out.splitlines()[0].rpartition(",")
+    return name.strip(), cc.strip()
+
+
+def gpu_info() -> tuple[str, str] | None:
+    """(GPU name, compute capability) of device 0, or None when no CUDA GPU is visible."""
+    for probe in (_gpu_from_cuda_python, _gpu_from_pycuda, _gpu_from_nvidia_smi):
+        found = probe()
+        if found:
+            return found
+    return None
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """Whether engines can be built here, and why not (a sentence fit for a skip or an error)."""
+    try:
+        trt = _import_trt()
+    except EngineBuildError as e:
+        return False, str(e)
+    gpu = gpu_info()
+    if gpu is None:
+        return False, f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible"
+    try:
+        builder = trt.Builder(trt.Logger(trt.Logger.ERROR))
+        if builder is None:
+            raise RuntimeError("Builder() returned None")
+    except Exception as e:
+        return False, f"TensorRT {trt.__version__} cannot create a builder on {gpu[0]}: {e}"
+    return True, f"TensorRT {trt.__version__} on {gpu[0]} (sm {gpu[1]})"
+
+
+def runtime_info() -> RuntimeInfo:
+    """The TensorRT version and GPU of this machine (raises EngineBuildError when absent)."""
+    trt = _import_trt()
+    gpu = gpu_info()
+    if gpu is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible")
+    return RuntimeInfo(str(trt.__version__), gpu[0], gpu[1])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def plan_filename(precision: str, gpu: str | RuntimeInfo, trt_version: str | None = None) -> str:
+    """`engine.<precision>.<gpu-slug>.trt<version>.plan`: unique per precision, GPU and TensorRT."""
+    if isinstance(gpu, RuntimeInfo):
+        trt_version = trt_version or gpu.tensorrt_version
+        gpu = gpu.gpu_name
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if not trt_version:
+        raise ValueError("trt_version is required")
+    return f"engine.{precision}.{_slug(gpu)}.trt{_slug(trt_version).replace('-', '.')}.plan"
+
+
+def _info_fields(info: RuntimeInfo | Mapping[str, Any]) -> tuple[str, str, str]:
+    if isinstance(info, RuntimeInfo):
+        return info.tensorrt_version, info.gpu_name, info.compute_capability
+    return str(info["tensorrt_version"]), str(info["gpu_name"]), str(info["compute_capability"])
+
+
+def engine_matches(entry: Mapping[str, Any], runtime: RuntimeInfo | Mapping[str, Any]) -> bool:
+    """True when a plan built as `entry` can run here: same TensorRT version, GPU and SM.
+
+    Plans are not portable across TensorRT versions (even patch releases) or GPU
+    models, so all three must agree; the GPU name is compared case- and
+    punctuation-insensitively because drivers spell it slightly differently.
+    """
+    try:
+        trt_v, gpu, cc = _info_fields(runtime)
+        return (
+            str(entry["tensorrt_version"]) == trt_v
+            and str(entry["compute_capability"]) == cc
+            and _slug(str(entry["gpu_name"])) == _slug(gpu)
+        )
+    except (KeyError, TypeError):
+        return False
+
+
+def select_engine(
+    entries: Iterable[Mapping[str, Any]],
+    runtime: RuntimeInfo | Mapping[str, Any],
+    precision: str | None = None,
+    min_batch: int = 1,
+) -> dict[str, Any] | None:
+    """The best engine entry for this machine: matching, big enough, preferred precision first."""
+    ok = [dict(e) for e in entries if engine_matches(e, runtime) and int(e.get("max_batch", 0)) >= min_batch]
+    if precision:
+        preferred = [e for e in ok if e.get("precision") == precision]
+        if preferred:
+            return preferred[0]
+        return None
+    order = {"fp16": 0, "fp32": 1}
+    ok.sort(key=lambda e: order.get(str(e.get("precision")), 9))
+    return ok[0] if ok else None
+
+
+def _atomic_write(path: Path, data: bytes | memoryview) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    max_batch: int,
+    opt_batch: int | None = None,
+    precision: str = "fp32",
+    force_fp16: bool = False,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    timing_cache: str | os.PathLike[str] | None = None,
+    refittable: bool = False,
+    frames_input: str = FRAMES_INPUT,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Parse `onnx_path`, build a serialized plan at `out_path`, write its sidecar; return the entry.
+
+    `timing_cache` is loaded when the file exists and saved after the build, so repeat
+    builds (same GPU, new bank-only graph or FP16 after FP32) skip most kernel timing.
+    """
+    if precision not in PRECISIONS:
+        raise EngineBuildError(f"precision must be one of {PRECISIONS} (INT8 is not implemented)")
+    if max_batch < 1:
+        raise EngineBuildError("max_batch must be >= 1")
+    opt = int(opt_batch or max_batch)
+    if not 1 <= opt <= max_batch:
+        raise EngineBuildError(f"opt_batch {opt} must lie in 1..{max_batch}")
+    trt = _import_trt()
+    info = runtime_info()
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if _trt_major(trt) < 10:  # explicit batch is the only mode in 10.x and the flag is deprecated there
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT ONNX parser rejected {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if precision == "fp16":
+        fast = bool(getattr(builder, "platform_has_fast_fp16", True))
+        if not fast and not force_fp16:
+            raise EngineBuildError(f"{info.gpu_name} has no fast FP16; build fp32 or force FP16")
+        config.set_flag(trt.BuilderFlag.FP16)
+    if refittable:
+        config.set_flag(trt.BuilderFlag.REFIT)
+
+    profile = builder.create_optimization_profile()
+    inputs: dict[str, list[int]] = {}
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = [int(d) for d in tensor.shape]
+        inputs[tensor.name] = shape
+        if tensor.name == frames_input:
+            rest = shape[1:]
+            if any(d < 0 for d in rest):
+                raise EngineBuildError(f"{frames_input} must be static apart from batch, got {shape}")
+            profile.set_shape(tensor.name, (1, *rest), (opt, *rest), (max_batch, *rest))
+        else:
+            if any(d < 0 for d in shape):
+                raise EngineBuildError(f"data input {tensor.name} must have a static shape, got {shape}")
+            profile.set_shape(tensor.name, shape, shape, shape)
+    if frames_input not in inputs:
+        raise EngineBuildError(f"graph has no input named {frames_input!r}: {list(inputs)}")
+    config.add_optimization_profile(profile)
+
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        raise EngineBuildError(
+            f"TensorRT failed to build a {precision} engine for {onnx_path.name}; see its log"
+        )
+    _atomic_write(out_path, memoryview(plan))
+    if cache_path is not None:
+        _atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()))
+
+    entry: dict[str, Any] = {
+        "file": out_path.name,
+        "tensorrt_version": info.tensorrt_version,
+        "gpu_name": info.gpu_name,
+        "compute_capability": info.compute_capability,
+        "precision": precision,
+        "max_batch": int(max_batch),
+        "opt_batch": opt,
+        "refittable": bool(refittable),
+        "workspace_bytes": int(workspace_bytes),
+        "build_seconds": round(seconds, 3),
+        "graph_sha256": _sha256_file(onnx_path),
+        "plan_sha256": _sha256_file(out_path),
+        "inputs": inputs,
+    }
+    write_sidecar(out_path, entry)
+    return entry
+
+
+def sidecar_path(plan_path: str | os.PathLike[str]) -> Path:
+    return Path(str(plan_path) + ".json")
+
+
+def write_sidecar(plan_path: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
+    p = sidecar_path(plan_path)
+    _atomic_write(p, (json.dumps(dict(entry), indent=2, sort_keys=True) + "\n").encode())
+    return p
+
+
+def read_sidecar(plan_path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(sidecar_path(plan_path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def engine_cache_dir(bundle_root: str | os.PathLike[str]) -> Path:
+    """Where a box caches engines it built for a bundle: beside it, never inside it."""
+    root = Path(bundle_root)
+    return root.parent / f".{root.name}.engines"
+
+
+def cached_engine(
+    cache_dir: str | os.PathLike[str],
+    graph_sha256: str,
+    runtime: RuntimeInfo,
+    precision: str,
+    min_batch: int = 1,
+) -> dict[str, Any] | None:
+    """A previously built engine for this graph and machine, verified against its sidecar hash."""
+    plan = Path(cache_dir) / graph_sha256[:16] / plan_filename(precision, runtime)
+    entry = read_sidecar(plan)
+    if (
+        entry is None
+        or not plan.is_file()
+        or entry.get("graph_sha256") != graph_sha256
+        or not engine_matches(entry, runtime)
+        or int(entry.get("max_batch", 0)) < min_batch
+        or entry.get("plan_sha256") != _sha256_file(plan)
+    ):
+        return None
+    return {**entry, "path": str(plan)}
+
+
+def ensure_engine(
+    bundle: Any,
+    precision: str = "fp16",
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    force_fp16: bool = False,
+) -> dict[str, Any]:
+    """An engine entry (with absolute `path`) for `bundle` (an `edge.bundle.Bundle`) on this box.
+
+    Order: a bundled plan that matches; a cached plan for the same graph; a fresh build
+    into the cache (keyed by graph sha256, so a bank-only refresh finds its base's
+    engine). The caller still runs `check_golden` on the chosen engine before going live.
+    """
+    info = runtime_info()
+    chosen = select_engine(bundle.engines, info, precision, bundle.max_batch)
+    if chosen is not None:
+        return chosen
+    base_root = bundle.base.root if getattr(bundle, "base", None) is not None else bundle.root
+    cdir = Path(cache_dir) if cache_dir else engine_cache_dir(base_root)
+    graph_sha = bundle.graph_sha256
+    hit = cached_engine(cdir, graph_sha, info, precision, bundle.max_batch)
+    if hit is not None:
+        return hit
+    plan = cdir / graph_sha[:16] / plan_filename(precision, info)
+    entry = build_engine(
+        bundle.onnx_path,
+        plan,
+        max_batch=bundle.max_batch,
+        precision=precision,
+        force_fp16=force_fp16,
+        workspace_bytes=workspace_bytes,
+        timing_cache=cdir / f"timing.{_slug(info.gpu_name)}.trt{info.tensorrt_version}.cache",
+    )
+    return {**entry, "path": str(plan)}

@@ -1,0 +1,518 @@
+"""Write a model bundle: ONNX graph, data arrays, golden samples, manifest, signature, engines.
+
+Why this shape (see DESIGN.md "The model bundle" and `edge/bundle.py`):
+
+- Atomic: everything is written into a temp directory beside the target, verified
+  with the edge's own `open_bundle`, and only then renamed into place. A box or a
+  refresh job never sees half a bundle.
+- Proven before written: golden frames are scored by the torch module and by the
+  ONNX graph in onnxruntime; the bundle is refused if they disagree beyond tolerance.
+- Versions only increase: the version is one more than the highest found for the same
+  model name in the target's folder (the registry), the bundle being replaced, and
+  the base of a refresh. An explicit version must also be higher.
+
+Bank-only refresh (`bank_only=True`): the bundle holds only the data arrays, golden
+samples and the manifest, with `bank_only = {base_version, graph_sha256}`. It applies
+to a base full bundle whose `model.onnx` has that sha256 (so its TensorRT engines are
+reused: no rebuild). The writer proves it: the new run's graph is exported and must
+be byte-identical to the base graph (same backbone weights, same code, same shapes;
+only the data inputs differ), and the golden frames are scored by the new torch
+module and by the *base* ONNX graph fed the new arrays. Hence a refresh scores exactly
+like a full re-export of the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge import signing
+from edge.bundle import (
+    GOLDEN_DIR,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    Bundle,
+    BundleError,
+    open_bundle,
+    read_manifest,
+    sha256_file,
+)
+from export.checks import CheckLimits, StaticReport, run_static_checks
+from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx
+from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
+from trainer.methods.base import ScoringGraph
+
+log = logging.getLogger(__name__)
+
+ATOL_SCORE = 1e-3
+ATOL_MAP = 1e-2
+MAX_GOLDEN = 8
+
+
+@dataclass
+class BundleInfo:
+    """What the manifest says about the model beyond the graph itself."""
+
+    name: str
+    method: str
+    tasks: list[str]
+    strategy: str | None = None
+    backbone: str | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+    golden_source: str = "caller"
+
+
+@dataclass
+class WrittenBundle:
+    """Where the bundle went and what it cost."""
+
+    path: Path
+    manifest: dict[str, Any]
+    seconds: float
+    size_bytes: int
+    parity: ParityReport
+    tar_path: Path | None = None
+    static: StaticReport | None = None
+    onnx: OnnxExport | None = None
+
+    @property
+    def version(self) -> int:
+        return int(self.manifest["model"]["version"])
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def existing_versions(registry: Path, name: str) -> list[int]:
+    """Versions of model `name` among the bundles (dirs or .tar) in `registry`."""
+    found: list[int] = []
+    if not registry.is_dir():
+        return found
+    for p in registry.iterdir():
+        if p.name.startswith("."):
+            continue
+        m = read_manifest(p)
+        model = (m or {}).get("model") or {}
+        if model.get("name") == name and isinstance(model.get("version"), int):
+            found.append(int(model["version"]))
+    return found
+
+
+def resolve_version(
+    out: Path,
+    name: str,
+    explicit: int | None = None,
+    base_version: int | None = None,
+    registry: Path | None = None,
+) -> int:
+    """The next version: above every known version of `name` beside `out`, in the registry, in `out`, and the base."""
+    known = existing_versions(out.parent, name)
+    if registry is not None:
+        known += existing_versions(registry, name)
+    current = read_manifest(out) if out.exists() else None
+    if current and isinstance((current.get("model") or {}).get("version"), int):
+        known.append(int(current["model"]["version"]))
+    if base_version is not None:
+        known.append(int(base_version))
+    floor = max(known, default=0)
+    if explicit is not None:
+        if explicit <= floor:
+            raise ExportError(
+                f"version {explicit} must be greater than {floor}, the highest existing for {name!r}"
+            )
+        return int(explicit)
+    return floor + 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _git_commit() -> dict[str, Any] | None:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _dir_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _hash_files(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST_NAME, SIGNATURE_NAME)
+    }
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp dir onto `out`; an existing bundle is moved aside, then removed."""
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            os.rename(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def write_tar(bundle_dir: Path, tar_path: Path, mtime: float | None = None) -> Path:
+    """A reproducible .tar of a bundle directory (files at the tar root), written atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{tar_path.name}.", dir=tar_path.parent)
+    os.close(fd)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+            for p in sorted(bundle_dir.rglob("*")):
+                if not p.is_file():
+                    continue
+                info = tarfile.TarInfo(p.relative_to(bundle_dir).as_posix())
+                info.size = p.stat().st_size
+                info.mode = 0o644
+                info.mtime = int(mtime if mtime is not None else time.time())
+                with open(p, "rb") as f:
+                    tf.addfile(info, f)
+        os.replace(tmp, tar_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tar_path
+
+
+def _check_golden_inputs(frames: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
+    frames = np.asarray(frames)
+    h, w = input_hw
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
+        raise ExportError(f"golden inputs must be uint8 (G,{h},{w},3), got {frames.dtype}{frames.shape}")
+    if not 1 <= len(frames) <= MAX_GOLDEN:
+        raise ExportError(f"give 1..{MAX_GOLDEN} golden frames (2-4 is plenty), got {len(frames)}")
+    return np.ascontiguousarray(frames)
+
+
+def _data_signature(arrays: dict[str, np.ndarray]) -> list[tuple[str, list[int], str]]:
+    return [(k, [int(s) for s in v.shape], str(v.dtype)) for k, v in arrays.items()]
+
+
+def _resolve_base(
+    out: Path, base: Bundle | Path | str | None, key: Path | None, name: str, registry: Path | None
+) -> Bundle:
+    """The full bundle a refresh applies to: given, or the newest full bundle of `name` in the registry / beside `out`."""
+    if isinstance(base, Bundle):
+        return base
+    if base is None:
+        candidates = []
+        for folder in {out.parent, *([registry] if registry else [])}:
+            for p in folder.iterdir() if folder.is_dir() else []:
+                if p.name.startswith(".") or p.is_symlink() or p.resolve() == out.resolve():
+                    continue
+                m = read_manifest(p)
+                if m and (m.get("model") or {}).get("name") == name and not m.get("bank_only"):
+                    candidates.append((int(m["model"]["version"]), p.is_dir(), str(p)))
+        if not candidates:
+            raise ExportError(
+                f"bank-only refresh needs a base bundle of {name!r}: none beside {out} or in the registry; pass --base"
+            )
+        base = max(candidates)[2]
+    try:
+        return open_bundle(base, key=key)
+    except BundleError as e:
+        raise ExportError(f"base bundle refused: {e}") from e
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def write_bundle(
+    graph: ScoringGraph,
+    out: str | os.PathLike[str],
+    *,
+    info: BundleInfo,
+    golden_inputs: np.ndarray,
+    max_batch: int = 8,
+    version: int | None = None,
+    sign_key: str | os.PathLike[str] | None = None,
+    tar: bool = False,
+    bank_only: bool = False,
+    base: Bundle | str | os.PathLike[str] | None = None,
+    tensorrt: bool = False,
+    precisions: tuple[str, ...] = ("fp32",),
+    workspace_bytes: int = 1 << 30,
+    opset: int = 17,
+    exporter: str = "auto",
+    limits: CheckLimits | None = None,
+    registry: str | os.PathLike[str] | None = None,
+) -> WrittenBundle:
+    """Export, check, prove and write a bundle at `out` (a directory); return what was written."""
+    t0 = time.perf_counter()
+    out = Path(out).resolve()
+    reg = Path(registry).resolve() if registry else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if max_batch < 1:
+        raise ExportError("max_batch must be >= 1")
+    golden = _check_golden_inputs(golden_inputs, graph.input_hw)
+    key_path = Path(sign_key) if sign_key else None
+    key = signing.load_key(key_path) if key_path else None
+    if key is not None and not key.can_sign:
+        raise ExportError(f"{key_path} is a public key; signing needs the private key")
+
+    base_bundle: Bundle | None = None
+    if bank_only:
+        base_bundle = _resolve_base(out, base, key_path, info.name, reg)
+        if base_bundle.root.resolve() == out:
+            raise ExportError("a bank-only refresh must not overwrite its own base bundle")
+        if base_bundle.input_hw != tuple(graph.input_hw):
+            raise ExportError(f"input size {graph.input_hw} differs from the base's {base_bundle.input_hw}")
+        if _data_signature(base_bundle.data_inputs) != _data_signature(graph.data_inputs):
+            raise ExportError(
+                "data inputs changed shape or dtype since the base bundle "
+                f"({_data_signature(base_bundle.data_inputs)} -> {_data_signature(graph.data_inputs)}): "
+                "the engine's input shapes are fixed, so a full export is needed"
+            )
+        if tensorrt:
+            log.info("bank-only refresh reuses the base bundle's engines; --tensorrt ignored")
+            tensorrt = False
+    ver = resolve_version(out, info.name, version, base_bundle.version if base_bundle else None, reg)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest, parity, static, onnx_info = _build(
+            graph,
+            tmp,
+            info=info,
+            golden=golden,
+            max_batch=max_batch if base_bundle is None else base_bundle.max_batch,
+            version=ver,
+            base_bundle=base_bundle,
+            tensorrt=tensorrt,
+            precisions=precisions,
+            workspace_bytes=workspace_bytes,
+            opset=opset,
+            exporter=exporter,
+            limits=limits,
+            registry=out.parent,
+        )
+        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
+        (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
+        if key is not None:
+            (tmp / SIGNATURE_NAME).write_bytes(
+                signing.encode_signature(signing.sign_bytes(manifest_bytes, key))
+            )
+        # The edge's own reader is the final judge of what we wrote.
+        try:
+            open_bundle(tmp, key=key_path, base=base_bundle)
+        except BundleError as e:
+            raise ExportError(f"the written bundle does not pass the edge's checks: {e}") from e
+        size = _dir_size(tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tar_path = write_tar(out, out.parent / f"{out.name}.tar", mtime=time.time()) if tar else None
+    seconds = time.perf_counter() - t0
+    log.info("bundle %s v%d written in %.1fs (%.2f MB)", out, ver, seconds, size / 1e6)
+    return WrittenBundle(out, manifest, seconds, size, parity, tar_path, static, onnx_info)
+
+
+def _build(
+    graph: ScoringGraph,
+    tmp: Path,
+    *,
+    info: BundleInfo,
+    golden: np.ndarray,
+    max_batch: int,
+    version: int,
+    base_bundle: Bundle | None,
+    tensorrt: bool,
+    precisions: tuple[str, ...],
+    workspace_bytes: int,
+    opset: int,
+    exporter: str,
+    limits: CheckLimits | None,
+    registry: Path,
+) -> tuple[dict[str, Any], ParityReport, StaticReport | None, OnnxExport | None]:
+    """Fill `tmp` with every file but the manifest; return the manifest and the proofs."""
+    h, w = graph.input_hw
+    static: StaticReport | None = None
+    onnx_info: OnnxExport | None = None
+    if base_bundle is None:
+        onnx_info = export_onnx(graph, tmp / MODEL_NAME, max_batch=max_batch, opset=opset, exporter=exporter)
+        static = run_static_checks(tmp / MODEL_NAME, max_batch, limits)
+        try:
+            static.raise_for_failures()
+        except Exception as e:
+            raise ExportError(str(e)) from e
+        graph_path = tmp / MODEL_NAME
+    else:
+        # Prove the new run's graph is the base graph: same bytes once exported.
+        with tempfile.TemporaryDirectory(dir=tmp.parent) as scratch:
+            probe = Path(scratch) / MODEL_NAME
+            onnx_info = export_onnx(
+                graph, probe, max_batch=base_bundle.max_batch, opset=opset, exporter=exporter
+            )
+            if sha256_file(probe) != base_bundle.graph_sha256:
+                raise ExportError(
+                    "this run's scoring graph differs from the base bundle's model.onnx (weights, code "
+                    "or export settings changed): a bank-only refresh is not possible, do a full export"
+                )
+        graph_path = base_bundle.onnx_path
+
+    data_entries = []
+    for name, arr in graph.data_inputs.items():
+        rel = f"{name}.npy"
+        _save_npy(tmp / rel, arr)
+        data_entries.append(
+            {"name": name, "file": rel, "shape": [int(s) for s in arr.shape], "dtype": str(arr.dtype)}
+        )
+
+    # Golden samples: torch is the reference; the ONNX graph (fed these arrays) must agree.
+    reference = torch_infer(graph, golden, batch_size=max_batch)
+    session = ort_session(graph_path)
+    onnx_out = ort_infer(session, dict(graph.data_inputs), golden, batch_size=max_batch)
+    parity = compare(reference, onnx_out, ATOL_SCORE, ATOL_MAP)
+    if not parity.ok:
+        raise ExportError(f"ONNX graph disagrees with torch on the golden frames, bundle refused: {parity}")
+    g = {"inputs": f"{GOLDEN_DIR}/inputs.npy", "scores": f"{GOLDEN_DIR}/scores.npy"}
+    g.update({"maps": f"{GOLDEN_DIR}/maps.npy", "tasks": f"{GOLDEN_DIR}/tasks.npy"})
+    _save_npy(tmp / g["inputs"], golden)
+    _save_npy(tmp / g["scores"], reference[1].astype(np.float32))
+    _save_npy(tmp / g["maps"], reference[0].astype(np.float32))
+    _save_npy(tmp / g["tasks"], reference[2].astype(np.int64))
+
+    engines: list[dict[str, Any]] = []
+    if tensorrt:
+        engines = _build_engines(
+            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, registry
+        )
+
+    provenance = dict(info.provenance)
+    provenance.setdefault("code", _git_commit())
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": info.name, "version": int(version)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "method": info.method,
+        "strategy": info.strategy,
+        "backbone": info.backbone,
+        "tasks": list(info.tasks),
+        "input": {
+            "height": int(h),
+            "width": int(w),
+            "channels": 3,
+            "color": "RGB",
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "max_batch": int(max_batch),
+        },
+        "outputs": {"anomaly_map": [BATCH_DIM, int(h), int(w)], "score": [BATCH_DIM], "task": [BATCH_DIM]},
+        "output_dtypes": dict(zip(OUTPUT_NAMES, ("float32", "float32", "int64"), strict=True)),
+        "data_inputs": data_entries,
+        "threshold": 0.5,
+        "calibration": info.calibration,
+        "files": _hash_files(tmp),
+        "provenance": provenance,
+        "metrics": info.metrics,
+        "golden": {
+            **g,
+            "atol_score": ATOL_SCORE,
+            "atol_map": ATOL_MAP,
+            "n": len(golden),
+            "source": info.golden_source,
+        },
+        "engines": engines,
+        "bank_only": (
+            {"base_version": base_bundle.version, "graph_sha256": base_bundle.graph_sha256}
+            if base_bundle
+            else None
+        ),
+        "export": {
+            **(onnx_info.as_manifest() if onnx_info else {}),
+            "golden_parity": parity.as_dict(),
+            "static_checks": static.as_manifest() if static else None,
+        },
+    }
+    return manifest, parity, static, onnx_info
+
+
+def _build_engines(
+    tmp: Path,
+    graph: ScoringGraph,
+    golden: np.ndarray,
+    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
+    max_batch: int,
+    precisions: tuple[str, ...],
+    workspace_bytes: int,
+    registry: Path,
+) -> list[dict[str, Any]]:
+    """Build one plan per precision, check each on the golden frames, return manifest entries."""
+    from edge import trt_build
+
+    ok, reason = trt_build.tensorrt_available()
+    if not ok:
+        raise ExportError(f"--tensorrt: {reason}")
+    info = trt_build.runtime_info()
+    entries = []
+    for precision in precisions:
+        plan = tmp / trt_build.plan_filename(precision, info)
+        entry = trt_build.build_engine(
+            tmp / MODEL_NAME,
+            plan,
+            max_batch=max_batch,
+            precision=precision,
+            workspace_bytes=workspace_bytes,
+            timing_cache=registry
+            / f".timing.{info.gpu_name.replace(' ', '_')}.trt{info.tensorrt_version}.cache",
+        )
+        from export.trt_verify import engine_infer
+
+        outs = engine_infer(plan, dict(graph.data_inputs), golden, max_batch)
+        # FP16 engines get the same tolerance: the edge applies it too, so fail early here.
+        parity = compare(reference, outs, ATOL_SCORE, ATOL_MAP)
+        if not parity.ok:
+            raise ExportError(
+                f"{precision} TensorRT engine disagrees with torch on the golden frames: {parity}"
+            )
+        entry["golden_parity"] = parity.as_dict()
+        entries.append(entry)
+    return entries

@@ -1,0 +1,140 @@
+"""Turn a trainer run directory into what the bundle writer needs.
+
+Why separate from the writer: the writer takes a ScoringGraph and plain facts, so it
+is testable with any graph; only this module knows the run directory's layout
+(`trainer.runs.load_run`, `metrics.json`, the task sources in the run history).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.bundle_writer import BundleInfo
+from export.onnx_export import ExportError
+from trainer.methods.base import ScoringGraph
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunExport:
+    graph: ScoringGraph
+    info: BundleInfo
+    golden_inputs: np.ndarray
+
+
+def _metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    keep = ("final", "forgetting", "task_inference_accuracy", "relative_gap")
+    return {k: doc[k] for k in keep if k in doc} or None
+
+
+def _task_samples(spec: str, task: str) -> Any | None:
+    from trainer.data import DatasetError, load_task
+
+    try:
+        return load_task(spec, task)
+    except (DatasetError, OSError) as e:
+        log.warning("task %s: data %s not readable here (%s)", task, spec, e)
+        return None
+
+
+def golden_from_data(
+    sources: dict[str, str], tasks: list[str], input_hw: tuple[int, int], n: int = 4
+) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Up to `n` real test frames: a defect and a good image per task, tasks in turn.
+
+    Returns (frames or None, image counts per task) — the counts go into provenance.
+    """
+    from trainer.data import read_images
+
+    counts: dict[str, Any] = {}
+    per_task: list[list[Path]] = []
+    for task in tasks:
+        spec = sources.get(task)
+        split = _task_samples(spec, task) if spec else None
+        if split is None:
+            continue
+        good = [s for s in split.test if s.label == 0]
+        bad = [s for s in split.test if s.label == 1]
+        counts[task] = {"train": len(split.train), "test_good": len(good), "test_defect": len(bad)}
+        per_task.append([s.path for s in (bad[:1] + good[:1])])
+    picks: list[Path] = []
+    for rank in range(2):
+        for paths in per_task:
+            if rank < len(paths) and len(picks) < n:
+                picks.append(paths[rank])
+    if not picks:
+        return None, counts
+    return read_images(picks, input_hw), counts
+
+
+def synthetic_golden(input_hw: tuple[int, int], n: int = 3, seed: int = 0) -> np.ndarray:
+    """Deterministic textured frames, for runs whose data is not on this machine."""
+    from export.toy import toy_frames
+
+    good = toy_frames(n - 1, input_hw, seed=seed)
+    bad = toy_frames(1, input_hw, seed=seed + 1, defect=True)
+    return np.concatenate([good, bad])
+
+
+def load_run_for_export(
+    run_dir: str | Path, task: str | None = None, name: str | None = None, n_golden: int = 4
+) -> RunExport:
+    """The scoring graph, manifest facts and golden frames of a trainer run."""
+    from trainer.runs import RunError, load_run
+
+    run_dir = Path(run_dir).resolve()
+    try:
+        learner, history = load_run(run_dir)
+    except (RunError, OSError) as e:
+        raise ExportError(f"cannot load run {run_dir}: {e}") from e
+    cfg = learner.cfg
+    if cfg.strategy == "single":
+        if task is None or task not in learner.methods:
+            raise ExportError(
+                f"run {run_dir} keeps one model per task (strategy single): pick one with --task {sorted(learner.methods)}"
+            )
+        method, tasks = learner.methods[task], [task]
+    else:
+        if "main" not in learner.methods:
+            raise ExportError(f"run {run_dir} has no fitted model")
+        method, tasks = learner.methods["main"], list(learner.tasks)
+    graph = method.scoring_graph()
+    sources: dict[str, str] = dict(history.get("sources", {}))
+    frames, counts = golden_from_data(sources, tasks, tuple(graph.input_hw), n_golden)
+    golden_source = "test images of " + ", ".join(tasks)
+    if frames is None:
+        frames = synthetic_golden(tuple(graph.input_hw))
+        golden_source = "synthetic (run data not readable on the export machine)"
+    info = BundleInfo(
+        name=name or cfg.method,
+        method=cfg.method,
+        strategy=cfg.strategy,
+        backbone=cfg.backbone,
+        tasks=tasks,
+        calibration=dict(graph.meta.get("calibration", {})),
+        provenance={
+            "run_dir": str(run_dir),
+            "data": {t: sources.get(t) for t in tasks},
+            "tasks": tasks,
+            "image_counts": counts,
+            "slots": [list(s) for s in getattr(method, "slots", [])],
+            "trainer_config": cfg.model_dump(mode="json"),
+        },
+        metrics=_metrics(run_dir),
+        golden_source=golden_source,
+    )
+    return RunExport(graph, info, frames)
