@@ -82,6 +82,7 @@ class EdgeRuntime:
         self.server: MetricsServer | None = None
         self.stopping = threading.Event()
         self._stopped = False
+        self._started = False
         self._loop_thread = threading.Thread(target=self._periodic, name="metrics", daemon=True)
         self._last_metrics = time.monotonic()
 
@@ -89,6 +90,7 @@ class EdgeRuntime:
     def start(self) -> None:
         """Load and prove the model (raises when it cannot), then start every thread."""
         model = self.models.load_initial()
+        self._started = True
         self.telemetry.set_model(model.name, model.version, model.backend_name)
         for cam in self.cameras:
             cam.link = MqttLink(
@@ -138,6 +140,10 @@ class EdgeRuntime:
             return
         self._stopped = True
         self.stopping.set()
+        if not self._started:  # the model never loaded: nothing runs, nothing to drain
+            self.models.stop()
+            self.outbox.close()
+            return
         sdnotify.notify("STOPPING=1")
         for cam in self.cameras:
             cam.source.stop()

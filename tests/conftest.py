@@ -49,7 +49,10 @@ def wait_for(
 class Broker:
     """A mosquitto process with its own config, persistence dir and log, on a fixed port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra: list[str] | None = None, anonymous: bool = True
+    ) -> None:
+        """``extra`` lines go right after the listener line (TLS files, password_file...)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -58,7 +61,8 @@ class Broker:
         self.log = workdir / "mosquitto.log"
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *(extra or []),
+            f"allow_anonymous {'true' if anonymous else 'false'}",
             "persistence true",
             f"persistence_location {workdir}/",
             "autosave_interval 1",
@@ -125,6 +129,24 @@ class Broker:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def mqtt_broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Broker]]:
+    """Factory for brokers with extra config (TLS, passwords); all are stopped at teardown."""
+    if MOSQUITTO is None:
+        pytest.skip("mosquitto is not installed (make mosquitto installs it)")
+    made: list[Broker] = []
+
+    def make(extra: list[str] | None = None, anonymous: bool = True) -> Broker:
+        broker = Broker(tmp_path_factory.mktemp("mosquitto"), extra=extra, anonymous=anonymous)
+        broker.start()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.stop()
 
 
 @pytest.fixture

@@ -243,6 +243,38 @@ def make_bundle(
     return out
 
 
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def edge_config(tmp_path: Path, broker_url: str, **sections: dict):  # -> EdgeConfig
+    """A test config: fast reconnects and polling, ephemeral metrics port, outbox in tmp_path."""
+    from edge.config import load_config
+
+    base = {
+        "mqtt": {"url": broker_url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
+        "metrics": {"port": 0, "host": "127.0.0.1", "period_s": 0.5},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite"), "drain_timeout_s": 30},
+        "camera": {"reopen_min_s": 0.05, "reopen_max_s": 0.5, "dir_poll_s": 0.02},
+        "reload": {"watch_interval_s": 0.1},
+        "publish": {"summary_period_s": 0.5},
+    }
+    return load_config(None, _merge(base, sections))
+
+
+def write_frame(folder: Path, index: int, defective: bool) -> None:
+    """Drop one frame into a dir: source atomically (write hidden, then rename), as a camera would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{index:06d}.png"
+    cv2.imwrite(str(tmp), render(index, defective))
+    os.replace(tmp, folder / f"{index:06d}.png")
+
+
 def publish_to_store(store: Path, bundle_dir: Path) -> None:
     """What the refresh job does: point ``<store>/current`` at a bundle, atomically."""
     store.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,83 @@
+"""Config: file + env (env wins) + overrides, validated at start, errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid() -> None:
+    cfg = load_config()
+    assert cfg.mqtt.port == 1883 and cfg.queues.policy == "drop_oldest"
+    assert cfg.backend.order == ["tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu"]
+    assert cfg.topic.root("cam0") == "linewatch/site/line/station/cam0"
+
+
+def test_file_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(
+        tmp_path,
+        '[mqtt]\nurl = "mqtt://10.0.0.1:1884"\nprotocol = "5"\n[queues]\nframes = 8\n[topic]\nsite = "plant1"\n',
+    )
+    monkeypatch.setenv("LINEWATCH_EDGE_MQTT__URL", "mqtts://broker.local")
+    monkeypatch.setenv("LINEWATCH_EDGE_QUEUES__FRAMES", "16")
+    cfg = load_config(path, {"queues": {"frames": 32}})
+    assert cfg.mqtt.url == "mqtts://broker.local" and cfg.mqtt.use_tls and cfg.mqtt.port == 8883
+    assert cfg.mqtt.protocol == "5"  # from the file, untouched by env
+    assert cfg.queues.frames == 32  # explicit override beats env
+    assert cfg.topic.root("c") == "linewatch/plant1/line/station/c"
+    monkeypatch.delenv("LINEWATCH_EDGE_QUEUES__FRAMES")
+    assert load_config(path).queues.frames == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ('[queues]\npolicy = "sometimes"\n', {}, "queues.policy"),
+        ("[queues]\nframes = 0\n", {}, "queues.frames"),
+        ('[mqtt]\nurl = "http://x"\n', {}, "mqtt.url"),
+        ('[mqtt]\nprotocol = "4"\n', {}, "mqtt.protocol"),
+        ('[backend]\norder = ["magic"]\n', {}, "backend.order"),
+        ("[bogus]\nx = 1\n", {}, "bogus"),
+        ("[mqtt]\nurll = 1\n", {}, "mqtt.urll"),
+        ("", {"LINEWATCH_EDGE_BATCH__SIZE": "many"}, "batch.size"),
+        ('[mqtt.tls]\ncert = "/c.pem"\n', {}, "mqtt.tls"),
+        ('[topic]\ntemplate = "a/{site}"\n', {}, "topic.template"),
+    ],
+)
+def test_errors_name_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict[str, str], key: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert key in str(err.value)
+
+
+def test_password_from_env_or_file_never_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.password"):
+        load_config(write(tmp_path, '[mqtt]\npassword = "hunter2"\n'))
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    cfg = load_config(write(tmp_path, f'[mqtt]\nusername = "edge"\npassword_file = "{secret}"\n'))
+    assert cfg.mqtt.resolved_password() == "from-file"
+    monkeypatch.setenv("LINEWATCH_EDGE_MQTT__PASSWORD", "from-env")
+    cfg = load_config(write(tmp_path, f'[mqtt]\nusername = "edge"\npassword_file = "{secret}"\n'))
+    assert cfg.mqtt.resolved_password() == "from-env"
+    assert "from-env" not in repr(cfg)  # a SecretStr never leaks into logs
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[mqtt\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
