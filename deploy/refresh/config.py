@@ -257,8 +257,18 @@ class RefreshConfig(BaseSettings):
 
     @property
     def public_key(self) -> Path:
-        """The key `linewatch-edge verify` checks with; the exporter's keygen writes `<key>.pub`."""
-        return self.verify_key or self.sign_key.with_name(self.sign_key.name + ".pub")
+        """The key `linewatch-edge verify` checks with.
+
+        Default follows `linewatch-export keygen`: `linewatch.key` pairs with
+        `linewatch.pub`; an HMAC secret (`*.hmac`) is its own verification key.
+        """
+        if self.verify_key is not None:
+            return self.verify_key
+        if self.sign_key.suffix == ".hmac":
+            return self.sign_key
+        if self.sign_key.suffix == ".key":
+            return self.sign_key.with_suffix(".pub")
+        return self.sign_key.with_name(self.sign_key.name + ".pub")
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:

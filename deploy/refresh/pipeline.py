@@ -25,7 +25,15 @@ from deploy.refresh.drop import DropScan, merge_drop, scan_drop, stage_dataset
 from deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
 from deploy.refresh.gate import decide, read_eval
 from deploy.refresh.lock import LockBusy, RefreshLock
-from deploy.refresh.publish import BundleError, PublishResult, Store, StoreError, open_store, read_identity
+from deploy.refresh.publish import (
+    BundleError,
+    LocalStore,
+    PublishResult,
+    Store,
+    StoreError,
+    open_store,
+    read_identity,
+)
 from deploy.refresh.rollback import rollback_to
 from deploy.refresh.runlog import RunRecord, append_record, utc_now
 from deploy.refresh.tools import StepError, evaluate, export_bundle, read_run_info, train_update, verify
@@ -57,6 +65,7 @@ class _Refresh:
         self.store: Store = open_store(cfg)
         self.workspace = cfg.run_dir.with_name(workspace_prefix(cfg) + record.run_id)
         self.published: PublishResult | None = None
+        self.bundle: Path | None = None  # where the exporter wrote (workspace or hidden in the store)
         self.confirmed = False
         self.swapped = False
 
@@ -88,6 +97,8 @@ class _Refresh:
         for stale in cfg.run_dir.parent.glob(workspace_prefix(cfg) + "*"):
             self.say(f"    removing the workspace of an interrupted run: {stale}")
             remove_tree(stale)
+        if isinstance(self.store, LocalStore):
+            self.store.cleanup_temporaries(exports=True)
         with self.step("prepare", f"copying the run to {self.workspace} and staging data"):
             self.workspace.mkdir()
             copytree_durable(cfg.run_dir, self.workspace / "run")
@@ -112,19 +123,42 @@ class _Refresh:
             return evaluate(self.cfg, ws / "run", ws / "data", tasks, ws / "eval-after.json", self.say)
 
     def export(self, bank_only: bool) -> tuple[str, int]:
-        ws, cfg = self.workspace, self.cfg
+        ws, cfg, store = self.workspace, self.cfg, self.store
+        if isinstance(store, LocalStore):
+            # Into the store under a hidden name: a bank-only bundle is verified beside its
+            # base, exactly where the edge will resolve it, and publishing is a rename.
+            self.bundle = store.export_dir(self.record.run_id)
+            registry, version = store.root, None
+        else:
+            if bank_only:
+                self.say(
+                    "    remote store: the base bundle is not here to prove a bank-only refresh against; full export"
+                )
+                bank_only = False
+            self.bundle = ws / "bundle"
+            registry, version = None, store.next_version()
         kind = "bank-only" if bank_only else "full"
-        with self.step("export", f"{kind} signed bundle into {ws / 'bundle'}"):
-            export_bundle(cfg, ws / "run", ws / "bundle", bank_only=bank_only, say=self.say)
-        with self.step("verify", f"checking hashes and signature with {cfg.public_key}"):
-            verify(cfg, ws / "bundle", self.say)
-        name, version = read_identity(ws / "bundle")
+        with self.step("export", f"{kind} signed bundle into {self.bundle}"):
+            export_bundle(
+                cfg,
+                ws / "run",
+                self.bundle,
+                bank_only=bank_only,
+                registry=registry,
+                version=version,
+                say=self.say,
+            )
+        with self.step("verify", f"checking hashes, signature and golden samples with {cfg.public_key}"):
+            verify(cfg, self.bundle, self.say)
+        name, version = read_identity(self.bundle)
         self.record.versions["after"] = version
+        self.record.drop["export"] = kind
         return name, version
 
     def publish(self) -> PublishResult:
         with self.step("publish", f"installing into {self.store.description}"):
-            self.published = self.store.publish(self.workspace / "bundle")
+            assert self.bundle is not None
+            self.published = self.store.publish(self.bundle)
         self.say(f"    current -> {self.published.dirname} (was {self.published.previous})")
         return self.published
 
@@ -242,6 +276,8 @@ class _Refresh:
             raise
         finally:
             remove_tree(self.workspace)
+            if self.bundle is not None and self.published is None:
+                remove_tree(self.bundle)  # exported but never published (refused, failed verify)
 
 
 def run_refresh(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.refresh.config import RefreshConfig
-from deploy.refresh.fsutil import copytree_durable, fsync_dir, random_suffix, remove_tree
+from deploy.refresh.fsutil import copytree_durable, fsync_dir, fsync_file, random_suffix, remove_tree
 
 __all__ = [
     "CURRENT",
@@ -50,6 +50,7 @@ CURRENT = "current"
 _DIR_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)-v(?P<version>\d+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HIDDEN_TEMP = (".incoming-", ".trash-", ".swap-")
+EXPORT_PREFIX = ".export-"
 KEEP_REJECTED = 3
 
 
@@ -138,6 +139,10 @@ class Store:
     def _remove(self, dirname: str) -> None:
         raise NotImplementedError
 
+    def _manifest(self, dirname: str) -> dict:
+        """The parsed manifest.json of a published bundle ({} when unreadable)."""
+        raise NotImplementedError
+
     # -- behaviour shared by both
     def published(self) -> list[Published]:
         """Published bundles, oldest version first (dot-names and `current` excluded)."""
@@ -186,29 +191,54 @@ class Store:
         self._rename(dirname, hidden)
         return hidden
 
-    def prune(self, keep: int) -> list[str]:
-        """Delete old bundles beyond `keep`; never the current one or its rollback target.
+    def next_version(self) -> int | None:
+        """One above the highest version ever installed here (refused ones included), or None."""
+        versions = [p.version for p in self.published()]
+        for name in self._names():
+            if name.startswith(".rejected-"):
+                parsed = parse_dirname(name.removeprefix(".rejected-").rsplit("-", 1)[0])
+                if parsed is not None:
+                    versions.append(parsed.version)
+        return max(versions) + 1 if versions else None
 
-        The engine cache the edge keeps beside a bundle goes with it; refused bundles
-        set aside by a rollback are kept for diagnosis, the newest few only.
+    def _base_of(self, item: Published, by_version: dict[int, Published]) -> Published | None:
+        """The full bundle a bank-only bundle runs on (`manifest.bank_only.base_version`)."""
+        info = self._manifest(item.dirname).get("bank_only")
+        if isinstance(info, dict) and isinstance(info.get("base_version"), int):
+            return by_version.get(info["base_version"])
+        return None
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete old bundles beyond `keep`; never what the edge may need.
+
+        Kept always: the current bundle, its rollback target, and the base bundle of
+        every kept bank-only bundle (a bank-only refresh runs the base's graph and
+        engines, found beside it). The engine cache the edge keeps beside a bundle goes
+        with it; refused bundles set aside by a rollback are kept for diagnosis, the
+        newest few only.
         """
         published = self.published()
+        by_version = {p.version: p for p in published}
         cur = self.current()
-        protected = {cur}
+        kept = {p.dirname for p in published[-keep:]} if keep > 0 else set()
+        if cur is not None:
+            kept.add(cur)
         prev = self.previous_of(cur)
         if prev is not None:
-            protected.add(prev.dirname)
-        removed: list[str] = []
+            kept.add(prev.dirname)
+        pending = [p for p in published if p.dirname in kept]
+        while pending:
+            base = self._base_of(pending.pop(), by_version)
+            if base is not None and base.dirname not in kept:
+                kept.add(base.dirname)
+                pending.append(base)
         names = set(self._names())
-        excess = len(published) - keep
+        removed: list[str] = []
         for item in published:
-            if excess <= 0:
-                break
-            if item.dirname in protected:
+            if item.dirname in kept:
                 continue
             self._remove(item.dirname)
             removed.append(item.dirname)
-            excess -= 1
             if engine_cache_name(item.dirname) in names:
                 self._remove(engine_cache_name(item.dirname))
         live = {p.dirname for p in self.published()}
@@ -245,11 +275,27 @@ class LocalStore(Store):
         link = self.root / CURRENT
         return os.readlink(link) if link.is_symlink() else None
 
-    def cleanup_temporaries(self) -> None:
+    def _manifest(self, dirname: str) -> dict:
+        try:
+            doc = json.loads((self.root / dirname / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def export_dir(self, run_id: str) -> Path:
+        """A hidden folder in the store for the exporter to write into.
+
+        Exporting in place means a bank-only bundle is verified beside its base (where
+        the edge will look for it), and publishing it is a rename, not a copy.
+        """
+        return self.root / f"{EXPORT_PREFIX}{run_id}"
+
+    def cleanup_temporaries(self, *, exports: bool = False) -> None:
         """Remove leftovers of a crashed publish (the refresh lock is held, so none is live)."""
+        prefixes = (*_HIDDEN_TEMP, EXPORT_PREFIX) if exports else _HIDDEN_TEMP
         for name in os.listdir(self.root):
             path = self.root / name
-            if name.startswith(_HIDDEN_TEMP):
+            if name.startswith(prefixes):
                 remove_tree(path)
             elif name.startswith(f"{CURRENT}.tmp-") and path.is_symlink():
                 path.unlink()
@@ -259,6 +305,15 @@ class LocalStore(Store):
         final = self.root / dirname
         if final.exists():
             raise StoreError(f"{self.description}: {dirname} already exists")
+        if Path(bundle).parent.resolve() == self.root.resolve() and Path(bundle).name.startswith("."):
+            # Already in the store under a hidden name (see export_dir): flush it, rename it.
+            for dirpath, _dirs, files in os.walk(bundle):
+                for name in files:
+                    fsync_file(Path(dirpath) / name)
+                fsync_dir(Path(dirpath))
+            os.rename(bundle, final)
+            fsync_dir(self.root)
+            return
         incoming = self.root / f".incoming-{random_suffix()}"
         try:
             copytree_durable(bundle, incoming)
@@ -373,6 +428,13 @@ class RemoteStore(Store):
 
     def _rename(self, old: str, new: str) -> None:
         self._sh(f"mv -T -- {shlex.quote(old)} {shlex.quote(new)}; sync")
+
+    def _manifest(self, dirname: str) -> dict:
+        try:
+            doc = json.loads(self._sh(f"cat -- {shlex.quote(dirname)}/manifest.json"))
+        except (StoreError, json.JSONDecodeError):
+            return {}
+        return doc if isinstance(doc, dict) else {}
 
     def _remove(self, dirname: str) -> None:
         trash = shlex.quote(f".trash-{dirname}-{random_suffix()}")

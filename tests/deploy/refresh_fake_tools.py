@@ -37,7 +37,17 @@ def _sha(path: Path) -> str:
 
 def _opts(args: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    for name in ("--run", "--data", "--tasks", "--out", "--sign-key", "--bundle", "--key"):
+    for name in (
+        "--run",
+        "--data",
+        "--tasks",
+        "--out",
+        "--sign-key",
+        "--bundle",
+        "--key",
+        "--registry",
+        "--version",
+    ):
         p.add_argument(name)
     p.add_argument("--bank-only", action="store_true")
     p.add_argument("--tensorrt", action="store_true")
@@ -91,31 +101,60 @@ def trainer(cmd: str, o: argparse.Namespace, plan: dict) -> int:
     return 64
 
 
+def _manifests(folder: Path) -> list[dict]:
+    out = []
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if p.name.startswith(".") or not (p / "manifest.json").is_file():
+            continue
+        out.append(json.loads((p / "manifest.json").read_text()))
+    return out
+
+
 def export(o: argparse.Namespace, plan: dict) -> int:
+    """Like linewatch-export: versions above the registry's, bank-only needs a full base there."""
     if plan.get("fail") == "export":
         print("onnx export failed", file=sys.stderr)
         return 1
     run, out = Path(o.run), Path(o.out)
     state = json.loads((run / "state.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
+    known = [m["model"]["version"] for m in _manifests(Path(o.registry))] if o.registry else []
+    if o.version is not None:
+        version = int(o.version)
+        if known and version <= max(known):
+            print(f"version {version} must be greater than {max(known)}", file=sys.stderr)
+            return 1
+    elif o.registry:
+        version = max(known, default=0) + 1
+    else:
+        version = plan.get("base_version", 10) + state["updates"]
+    bank_only = None
+    if o.bank_only:
+        bases = [m for m in _manifests(Path(o.registry or out.parent)) if not m.get("bank_only")]
+        if not bases:
+            print("bank-only refresh needs a base bundle; pass --base", file=sys.stderr)
+            return 1
+        base = max(bases, key=lambda m: m["model"]["version"])
+        bank_only = {"base_version": base["model"]["version"], "graph_sha256": base["files"]["model.onnx"]}
     out.mkdir(parents=True)
-    (out / "model.onnx").write_bytes(os.urandom(5000))
-    (out / "bank.npy").write_bytes(os.urandom(2000))
+    names = ["bank.npy"] if bank_only else ["model.onnx", "bank.npy"]
+    for name in names:
+        (out / name).write_bytes(os.urandom(3000))
     manifest = {
         "schema_version": 1,
-        "model": {"name": "linewatch", "version": plan.get("base_version", 10) + state["updates"]},
+        "model": {"name": "linewatch", "version": version},
         "tasks": metrics["tasks"],
         "method": metrics.get("method"),
         "metrics": {},
-        "bank_only": o.bank_only,
-        "files": {name: _sha(out / name) for name in ("model.onnx", "bank.npy")},
+        "bank_only": bank_only,
+        "files": {name: _sha(out / name) for name in names},
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     key = Path(o.sign_key).read_bytes()
     (out / "manifest.sig").write_text(
         hmac.new(key, (out / "manifest.json").read_bytes(), "sha256").hexdigest()
     )
-    print(f"fake export: {out} version {manifest['model']['version']}")
+    print(f"fake export: {out} version {version}{' (bank-only)' if bank_only else ''}")
     return 0
 
 
@@ -129,6 +168,12 @@ def edge_verify(o: argparse.Namespace, plan: dict) -> int:
         if _sha(bundle / name) != digest:
             print(f"{name}: hash mismatch", file=sys.stderr)
             return 1
+    info = manifest.get("bank_only")
+    if info:  # like edge.bundle: the base must be a published sibling of the bundle
+        bases = [m for m in _manifests(bundle.parent) if m["model"]["version"] == info["base_version"]]
+        if not bases or bases[0]["files"].get("model.onnx") != info["graph_sha256"]:
+            print(f"refresh needs base bundle v{info['base_version']}; none found beside it", file=sys.stderr)
+            return 3
     print("bundle OK")
     return 0
 

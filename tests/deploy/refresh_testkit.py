@@ -232,14 +232,14 @@ def write_config(
             (root / "dataset" / task / sub / "000.png").write_bytes(b"\x89PNG fake " + task.encode())
     (root / "drop").mkdir()
     (root / "keys").mkdir()
-    (root / "keys" / "bundle.key").write_text("secret")
-    (root / "keys" / "bundle.key.pub").write_text("public")
+    (root / "keys" / "linewatch.key").write_text("secret")
+    (root / "keys" / "linewatch.pub").write_text("public")
     (root / "bundles").mkdir()
     top: dict[str, Any] = {
         "run_dir": run,
         "data": f"mvtec:{root / 'dataset'}",
         "drop_dir": root / "drop",
-        "sign_key": root / "keys" / "bundle.key",
+        "sign_key": root / "keys" / "linewatch.key",
         "log_path": root / "log" / "refresh.jsonl",
         "lock_path": root / "refresh.lock",
     }
@@ -259,3 +259,28 @@ def write_config(
     path = root / "refresh.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+FAKE_SSH = """#!/bin/sh
+# Stand-in for `ssh DEST COMMAND`: runs COMMAND with the local shell, as sshd would.
+shift
+exec sh -c "$*"
+"""
+
+FAKE_RSYNC = """#!/bin/sh
+# Stand-in for `rsync -a --delete -e SSH SRC/ HOST:DST/`: copies locally.
+for last; do :; done
+src=""
+for arg; do [ "$arg" = "$last" ] && break; src="$arg"; done
+dst="${last#*:}"
+mkdir -p "$dst" && cp -a "$src". "$dst"
+"""
+
+
+def fake_ssh_bin(bindir: Path) -> Path:
+    """`ssh` and `rsync` stand-ins that act on this machine, for RemoteStore tests."""
+    bindir.mkdir(parents=True)
+    for name, text in (("ssh", FAKE_SSH), ("rsync", FAKE_RSYNC)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    return bindir

@@ -15,13 +15,13 @@ def test_loads_defaults_and_resolves_relative_paths(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     path = tmp_path / "conf" / "refresh.toml"
     path.write_text(
-        'run_dir = "../run"\ndata = "mvtec:../dataset"\ndrop_dir = "/srv/drop"\nsign_key = "k/bundle.key"\n'
+        'run_dir = "../run"\ndata = "mvtec:../dataset"\ndrop_dir = "/srv/drop"\nsign_key = "k/linewatch.key"\n'
         '[store]\ndir = "bundles"\n'
     )
     cfg = load_config(path)
     assert cfg.run_dir == tmp_path / "conf" / ".." / "run"
     assert cfg.data_root == tmp_path / "conf" / ".." / "dataset" and cfg.data_format == "mvtec"
-    assert cfg.public_key == tmp_path / "conf" / "k" / "bundle.key.pub"
+    assert cfg.public_key == tmp_path / "conf" / "k" / "linewatch.pub"
     assert cfg.gate.max_drop == 0.02 and cfg.gate.new_task_floor == 0.90 and cfg.gate.metric == "image_auroc"
     assert cfg.mqtt.url is None
     assert isinstance(open_store(cfg), LocalStore)
@@ -119,7 +119,7 @@ def test_missing_file_and_preflight(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
     cfg = load_config(write_config(tmp_path))
     preflight(cfg, "run")
-    (tmp_path / "keys" / "bundle.key.pub").unlink()
+    (tmp_path / "keys" / "linewatch.pub").unlink()
     (tmp_path / "run" / "metrics.json").unlink()
     with pytest.raises(ConfigError) as info:
         preflight(cfg, "run")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from refresh_testkit import FakeEdge, publish_status, write_bundle, write_config
+from refresh_testkit import FakeEdge, fake_ssh_bin, publish_status, write_bundle, write_config
 
 from deploy.refresh.codes import Exit
 from deploy.refresh.config import load_config
@@ -75,7 +75,8 @@ def _setup(
     monkeypatch.setenv("FAKE_TOOLS_PLAN", str(tmp_path / "plan.json"))
     monkeypatch.setenv("FAKE_TOOLS_CALLS", str(tmp_path / "calls.jsonl"))
     store = LocalStore(tmp_path / "bundles")
-    store.publish(write_bundle(tmp_path / "live", 10, sizes=(1000,)))  # what the edge serves today
+    live = write_bundle(tmp_path / "live", 10, sizes=(1000,))  # what the edge serves today: a full bundle
+    store.publish(live)
     return Setup(tmp_path, config, store, tmp_path / "calls.jsonl")
 
 
@@ -108,7 +109,9 @@ def test_bank_only_refresh_publishes_confirms_and_swaps(
     assert edge.loaded == [10, 11]
     assert s.store.current() == "linewatch-v000011"
     manifest = json.loads((s.store.root / "current" / "manifest.json").read_text())
-    assert manifest["bank_only"] is True  # only more images for a known task, memory-bank method
+    # Only more images for a known task with a memory-bank method: a bank-only bundle on the
+    # live full bundle, verified beside it (in the store), where the edge resolves its base.
+    assert manifest["bank_only"]["base_version"] == 10
 
     # The CLI contract the other parts must honour, as called.
     modules = [(c["module"], c["args"][0]) for c in s.calls]
@@ -122,9 +125,12 @@ def test_bank_only_refresh_publishes_confirms_and_swaps(
     update = s.calls[1]["args"]
     assert update[update.index("--tasks") + 1] == "brick"
     assert update[update.index("--run") + 1] != str(s.root / "run")  # trains a copy, never the live run
-    assert "--bank-only" in s.calls[3]["args"] and "--sign-key" in s.calls[3]["args"]
+    export_args = s.calls[3]["args"]
+    assert "--bank-only" in export_args and "--sign-key" in export_args
+    assert export_args[export_args.index("--registry") + 1] == str(s.store.root)
+    assert Path(export_args[export_args.index("--out") + 1]).parent == s.store.root
     verify = s.calls[4]["args"]
-    assert verify[verify.index("--key") + 1] == str(s.root / "keys" / "bundle.key.pub")
+    assert verify[verify.index("--key") + 1] == str(s.root / "keys" / "linewatch.pub")
     after_eval = s.calls[2]["args"]
     assert after_eval[after_eval.index("--tasks") + 1] == "brick,gravel"
 
@@ -173,6 +179,29 @@ def test_new_task_gets_a_full_export(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not (s.root / "drop" / "tile").exists()
     assert s.log[-1]["confirm"] == {"skipped": True}
     assert any("confirm: skipped" in line for line in lines)
+
+
+def test_remote_store_gets_a_full_export_with_an_explicit_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = _setup(tmp_path, monkeypatch, {})
+    bindir = fake_ssh_bin(tmp_path / "bin")
+    remote = tmp_path / "edge-box" / "bundles"
+    text = s.config.read_text().replace(
+        f'dir = "{s.store.root}"',
+        f'remote = "linewatch@edge-box:{remote}"\nssh = ["{bindir / "ssh"}"]\nrsync = ["{bindir / "rsync"}"]',
+    )
+    s.config.write_text(text)
+    remote.mkdir(parents=True)
+    LocalStore(remote).publish(write_bundle(tmp_path / "remote-live", 10, sizes=(100,)))
+    _drop_images(s, "brick")
+    code, lines = s.run()
+    assert code == Exit.OK, "\n".join(lines)
+    export_args = s.calls[3]["args"]
+    assert "--bank-only" not in export_args and "--registry" not in export_args
+    assert export_args[export_args.index("--version") + 1] == "11"
+    assert os.readlink(remote / "current") == "linewatch-v000011"
+    assert not any(n.startswith(".incoming-") for n in os.listdir(remote))
 
 
 def test_gate_refusal_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

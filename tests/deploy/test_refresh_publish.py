@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from refresh_testkit import check_bundle, write_bundle
+from refresh_testkit import check_bundle, fake_ssh_bin, write_bundle
 
 from deploy.refresh import fsutil
 from deploy.refresh.publish import BundleError, LocalStore, RemoteStore, StoreError, bundle_dirname
@@ -119,8 +119,8 @@ def test_prune_keeps_current_and_its_rollback_target(tmp_path: Path) -> None:
         (store.root / f".rejected-linewatch-v00000{i}-2026").mkdir()
     removed = store.prune(keep=3)
     left = [p.version for p in store.published()]
-    assert 2 in left and 1 in left  # current and the version below it survive
-    assert len(left) == 3 and removed
+    assert left == [1, 2, 5, 6, 7]  # the newest 3, current (2) and its rollback target (1)
+    assert removed[:2] == ["linewatch-v000003", "linewatch-v000004"]
     assert store.current() == "linewatch-v000002"
     hidden = sorted(n for n in os.listdir(store.root) if n.startswith("."))
     assert ".linewatch-v000003.engines" not in hidden and ".linewatch-v000002.engines" in hidden
@@ -128,29 +128,46 @@ def test_prune_keeps_current_and_its_rollback_target(tmp_path: Path) -> None:
     assert len([n for n in hidden if n.startswith(".rejected-")]) == 3
 
 
-FAKE_SSH = """#!/bin/sh
-# Stand-in for `ssh DEST COMMAND`: runs COMMAND with the local shell, as sshd would.
-shift
-exec sh -c "$*"
-"""
+def test_prune_keeps_the_base_of_bank_only_bundles(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    store.publish(write_bundle(tmp_path / "b1", 1, sizes=(10,)))
+    store.publish(write_bundle(tmp_path / "b2", 2, sizes=(10,)))  # full: the base of 3..6
+    for v in range(3, 7):
+        store.publish(
+            write_bundle(tmp_path / f"b{v}", v, sizes=(10,), extra={"bank_only": {"base_version": 2}})
+        )
+    store.prune(keep=2)
+    assert [p.version for p in store.published()] == [2, 5, 6]
 
-FAKE_RSYNC = """#!/bin/sh
-# Stand-in for `rsync -a --delete -e SSH SRC/ HOST:DST/`: copies locally.
-for last; do :; done
-src=""
-for arg; do [ "$arg" = "$last" ] && break; src="$arg"; done
-dst="${last#*:}"
-mkdir -p "$dst" && cp -a "$src". "$dst"
-"""
+
+def test_next_version_counts_refused_bundles(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    assert store.next_version() is None
+    store.publish(write_bundle(tmp_path / "b3", 3, sizes=(10,)))
+    store.publish(write_bundle(tmp_path / "b4", 4, sizes=(10,)))
+    assert store.next_version() == 5
+    store.point_current("linewatch-v000003")
+    store.set_aside("linewatch-v000004")
+    assert store.next_version() == 5
+
+
+def test_a_bundle_exported_into_the_store_is_renamed_not_copied(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    store.publish(write_bundle(tmp_path / "b1", 1, sizes=(10,)))
+    staged = write_bundle(store.export_dir("run42"), 2, sizes=(10,))
+    inode = os.stat(staged / "model.onnx").st_ino
+    assert [p.version for p in store.published()] == [1]  # hidden until published
+    store.publish(staged)
+    assert os.stat(store.root / "current" / "model.onnx").st_ino == inode
+    assert not staged.exists()
 
 
 @pytest.fixture
 def remote_store(tmp_path: Path) -> RemoteStore:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for name, text in (("ssh", FAKE_SSH), ("rsync", FAKE_RSYNC)):
-        (bindir / name).write_text(text)
-        (bindir / name).chmod(0o755)
+    bindir = fake_ssh_bin(tmp_path / "bin")
     return RemoteStore(
         "edge@box", str(tmp_path / "remote store"), ssh=[str(bindir / "ssh")], rsync=[str(bindir / "rsync")]
     )
