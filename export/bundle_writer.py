@@ -313,6 +313,12 @@ def write_bundle(
         if tensorrt:
             log.info("bank-only refresh reuses the base bundle's engines; --tensorrt ignored")
             tensorrt = False
+    if tensorrt:  # fail before minutes of export, not after
+        from edge import trt_build
+
+        ok, reason = trt_build.tensorrt_available()
+        if not ok:
+            raise ExportError(f"--tensorrt: {reason}")
     ver = resolve_version(out, info.name, version, base_bundle.version if base_bundle else None, reg)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

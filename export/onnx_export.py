@@ -341,9 +341,13 @@ def _check_contract(model: onnx.ModelProto, graph: ScoringGraph) -> None:
         missing = [n for n in want if n not in got]
         hint = f" (unused by the graph, so the exporter dropped them: {missing})" if missing else ""
         raise ExportError(f"graph inputs are {got}, expected {want}{hint}")
+    consumed = {i for n in model.graph.node for i in n.input}
     for name in graph.data_inputs:
         if name in initializers:
             raise ExportError(f"data input {name} became an initializer; it must stay a graph input")
+        if name not in consumed:
+            # TensorRT drops unused inputs from the engine, so the bundle and engine would disagree.
+            raise ExportError(f"data input {name} is unused by the graph; leave it out of data_inputs")
     frames = inputs[0]
     if frames.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
         raise ExportError("frames must be uint8")

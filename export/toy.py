@@ -10,6 +10,9 @@ normalisation from a data input, 0.5 threshold), just with random conv weights.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -119,4 +122,34 @@ def toy_scoring_graph(
             "tasks": [f"task{t}" for t in range(n_tasks)],
             "calibration": {"kind": "max-good", "offset": peak, "scale": scale},
         },
+    )
+
+
+def toy_golden(input_hw: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """Three golden frames: two good, one with a defect."""
+    return np.concatenate([toy_frames(2, input_hw, seed=5), toy_frames(1, input_hw, seed=6, defect=True)])
+
+
+def write_toy_bundle(out: str | Path, graph: ScoringGraph | None = None, **kwargs: Any) -> Any:
+    """A complete toy bundle at `out` (keyword arguments go to `write_bundle`); returns WrittenBundle.
+
+    For tests of anything that consumes bundles (the edge runtime, the refresh job):
+    seconds to write, a real ONNX graph, real golden samples.
+    """
+    from export.bundle_writer import BundleInfo, write_bundle
+
+    g = graph or toy_scoring_graph()
+    info = BundleInfo(
+        name=kwargs.pop("name", "toy"),
+        method="toy",
+        strategy="cl",
+        backbone="toy-conv",
+        tasks=list(g.meta.get("tasks", ["task0"])),
+        calibration=dict(g.meta.get("calibration", {})),
+        provenance={"data": "export.toy synthetic frames"},
+        golden_source="export.toy.toy_golden",
+    )
+    golden = kwargs.pop("golden_inputs", None)
+    return write_bundle(
+        g, out, info=info, golden_inputs=toy_golden(g.input_hw) if golden is None else golden, **kwargs
     )

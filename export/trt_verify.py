@@ -22,7 +22,12 @@ Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
     import torch
 
-    table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int8: torch.int8}
+    table = {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.int32: torch.int32,
+        trt.int8: torch.int8,
+    }
     table[trt.bool] = torch.bool
     if hasattr(trt, "uint8"):
         table[trt.uint8] = torch.uint8
@@ -48,7 +53,9 @@ def engine_infer(
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
     dtypes = {n: _torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
-    data = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev).to(dtypes[k]) for k, v in data_inputs.items()}
+    data = {
+        k: torch.from_numpy(np.ascontiguousarray(v)).to(dev).to(dtypes[k]) for k, v in data_inputs.items()
+    }
     stream = torch.cuda.Stream()
     maps, scores, tasks = [], [], []
     for i in range(0, len(frames), max_batch):
