@@ -167,6 +167,9 @@ class BackendConfig(_Section):
 
     order: list[str] = Field(default_factory=lambda: list(BACKEND_NAMES))
     threads: int = Field(0, ge=0, le=256)  # onnxruntime intra-op threads, 0 = its default
+    allow_spinning: bool = (
+        False  # onnxruntime pool threads spin-wait: faster alone, steals CPU from other stages
+    )
     precision: Literal["fp32", "fp16", "int8"] = "fp16"  # TensorRT engines built on the box
     workspace_mb: int = Field(1024, ge=16)
     warmup_runs: int = Field(2, ge=0, le=100)

@@ -47,6 +47,8 @@ class OrtBackend:
         if cfg.threads:
             opts.intra_op_num_threads = cfg.threads
         opts.log_severity_level = 3
+        # Spinning pool threads would burn the CPU that capture and post-processing need.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         providers: list[Any] = [provider]
         if provider == "TensorrtExecutionProvider":
             cache = bundle.root.parent / f".{bundle.root.name}.ort-trt-cache"

@@ -275,6 +275,60 @@ def write_frame(folder: Path, index: int, defective: bool) -> None:
     os.replace(tmp, folder / f"{index:06d}.png")
 
 
+def exporter_available() -> bool:
+    """True when the real bundle writer (export/, needs torch) is importable here."""
+    try:
+        import torch  # noqa: F401
+
+        import export.bundle_writer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_export_bundle(
+    out: Path, name: str = "toy", version: int = 1, diff_at_half: float = 40.0, sign_key: Path | None = None
+) -> Path:
+    """The same toy model, but as a torch module written by the REAL exporter (export.bundle_writer).
+
+    The exporter traces the module to ONNX, proves golden parity (torch vs onnxruntime), hashes,
+    signs: this is the bundle an edge box really receives.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from export.bundle_writer import BundleInfo, write_bundle
+    from trainer.methods.base import ScoringGraph
+
+    class DiffScorer(torch.nn.Module):
+        def forward(self, frames: torch.Tensor, reference: torch.Tensor):  # type: ignore[no-untyped-def]
+            d = (frames.float() - reference).abs().mean(dim=3, keepdim=False).unsqueeze(1)
+            m = F.avg_pool2d(d, 5, stride=1, padding=2, count_include_pad=False).squeeze(1)
+            amap = (m / (2.0 * diff_at_half)).clamp(0.0, 1.0)
+            score = amap.flatten(1).amax(1)
+            task = torch.zeros_like(score, dtype=torch.int64)
+            return amap, score, task
+
+    ref = model_reference()
+    graph = ScoringGraph(DiffScorer().eval(), {"reference": ref}, MODEL_HW, {"tasks": ["toy"]})
+    good = np.clip(ref, 0, 255).astype(np.uint8)
+    bad = good.copy()
+    bad[16:32, 16:32] = (250, 240, 30)
+    info = BundleInfo(
+        name=name, method="toy-diff", tasks=["toy"], provenance={"data": "edge test background"}
+    )
+    written = write_bundle(
+        graph,
+        out,
+        info=info,
+        golden_inputs=np.stack([good, bad]),
+        max_batch=4,
+        version=version,
+        sign_key=sign_key,
+    )
+    return written.path
+
+
 def publish_to_store(store: Path, bundle_dir: Path) -> None:
     """What the refresh job does: point ``<store>/current`` at a bundle, atomically."""
     store.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 from edge_testkit import (
     edge_config,
+    exporter_available,
     make_bundle,
+    make_export_bundle,
     overlaps,
     publish_to_store,
     wait_for,
@@ -67,12 +69,18 @@ def runtime_factory() -> Any:
         rt.shutdown()
 
 
+@pytest.mark.parametrize("writer", ["onnx-helper", "export"])
 def test_video_every_frame_one_correct_verdict(
-    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any
+    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any, writer: str
 ) -> None:
     rec = mqtt_recorder([f"{SITE}/#"])
     truths = write_video(tmp_path / "line.avi", 48, defect_every=4)
-    bundle = make_bundle(tmp_path / "store" / "toy-v1")
+    if writer == "export":
+        if not exporter_available():
+            pytest.skip("the real exporter (export/, torch) is not installed here")
+        bundle = make_export_bundle(tmp_path / "store" / "toy-v1")
+    else:
+        bundle = make_bundle(tmp_path / "store" / "toy-v1")
     cfg = edge_config(tmp_path, mqtt_broker.url, camera={"at_end": "stop"}, batch={"size": 3})
     rt = runtime_factory(cfg, bundle, [str(tmp_path / "line.avi")])
     wait_for(rt.sources_finished, 120, what="the video to end")
