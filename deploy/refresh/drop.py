@@ -8,23 +8,29 @@ Two kinds of drop are understood, both in the MVTec AD folder layout:
   whole new product. It needs test images, good and defective, or the gate could
   not measure it.
 
-Nothing is moved until the refresh has succeeded: the trainer reads a *staging*
-view (hard links of the dataset plus the drop), so a refused or crashed refresh
-leaves the dataset exactly as it was and the drop ready for the next try.
+The trainer records where each task was learned from and re-reads earlier tasks
+from there on every later update, so it must be given the real dataset path, never
+a temporary view. The new files are therefore moved into the dataset before
+training, under a *journal* (`apply_drop`), and moved back (`undo_drop`) when the
+refresh does not end in a confirmed release, including after a crash: the next run
+finds the journal and undoes it first. Net effect, as promised: the dataset only
+keeps the new files once the refresh has succeeded.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from deploy.refresh.fsutil import fsync_dir, link_or_copy
+from deploy.refresh.fsutil import fsync_dir, fsync_file
 
-__all__ = ["IMAGE_EXTENSIONS", "DropItem", "DropScan", "merge_drop", "scan_drop", "stage_dataset"]
+__all__ = ["IMAGE_EXTENSIONS", "DropItem", "DropScan", "apply_drop", "read_journal", "scan_drop", "undo_drop"]
 
 # Same set as trainer.data.samples (not imported: the refresh job must not pull torch in).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -180,30 +186,9 @@ def scan_drop(
     return scan
 
 
-def stage_dataset(dataset_root: Path, scan: DropScan, staging: Path) -> Path:
-    """Build `staging` as the dataset plus the drop, out of hard links (symlinks across devices).
-
-    The trainer and the evaluator read only this view, so the real dataset changes
-    only once the refresh has succeeded (see `merge_drop`).
-    """
-    staging.mkdir(parents=True, exist_ok=False)
-    for dirpath, dirnames, filenames in os.walk(dataset_root, followlinks=True):
-        rel = Path(dirpath).relative_to(dataset_root)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in dirnames:
-            (staging / rel / name).mkdir()
-        for name in filenames:
-            link_or_copy(Path(dirpath) / name, staging / rel / name)
-    for item in scan.items:
-        target = staging / item.dest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        link_or_copy(item.src, target)
-    return staging
-
-
 def _prune_empty(path: Path, stop: Path) -> None:
     """Remove empty folders from `path` up to (not including) `stop`."""
-    path = Path(path)
+    path, stop = Path(path), Path(stop)
     while path != stop and stop in path.parents:
         try:
             path.rmdir()
@@ -212,26 +197,60 @@ def _prune_empty(path: Path, stop: Path) -> None:
         path = path.parent
 
 
-def merge_drop(scan: DropScan, dataset_root: Path, drop_dir: Path) -> int:
-    """Move the taken files into the dataset (after success); return how many moved.
+def _write_json_durably(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
-    Never overwrites: a name that appeared in the dataset since the scan is an error,
-    raised before anything of that file moves. The folders of known tasks stay in the
-    drop directory (people keep dropping there); emptied new-task folders go.
+
+def apply_drop(
+    scan: DropScan, dataset_root: Path, drop_dir: Path, journal: Path, extra: dict[str, Any] | None = None
+) -> int:
+    """Move the taken files into the dataset, journaling first so it can be undone.
+
+    Never overwrites: a destination that exists is an error raised before anything
+    moves. The journal is written (and flushed) before the first move, so a crash
+    at any point leaves enough to undo. Returns how many files moved.
     """
+    dataset_root, drop_dir = Path(dataset_root), Path(drop_dir)
+    moves = [(str(item.src), str(dataset_root / item.dest)) for item in scan.items]
+    clashes = [dest for _src, dest in moves if Path(dest).exists()]
+    if clashes:
+        raise FileExistsError(f"not overwriting files already in the dataset: {', '.join(clashes[:5])}")
+    doc = {"dataset_root": str(dataset_root), "drop_dir": str(drop_dir), "moves": moves, **(extra or {})}
+    _write_json_durably(Path(journal), doc)
     touched: set[Path] = set()
-    moved = 0
-    new_items = {item.src for items in scan.new_tasks.values() for item in items}
-    for item in scan.items:
-        target = Path(dataset_root) / item.dest
-        if target.exists():
-            raise FileExistsError(f"{target} appeared in the dataset during the refresh; not overwriting it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(item.src), str(target))
-        touched.add(target.parent)
-        moved += 1
-        if item.src in new_items:
-            _prune_empty(item.src.parent, Path(drop_dir))
+    new_sources = {str(item.src) for items in scan.new_tasks.values() for item in items}
+    for src, dest in moves:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(src, dest)
+        touched.add(Path(dest).parent)
+        if src in new_sources:  # emptied new-task folders go; known-task drop folders stay
+            _prune_empty(Path(src).parent, drop_dir)
     for folder in touched:
         fsync_dir(folder)
+    return len(moves)
+
+
+def read_journal(journal: Path) -> dict[str, Any]:
+    return json.loads(Path(journal).read_text())
+
+
+def undo_drop(journal: Path) -> int:
+    """Move journaled files back from the dataset to the drop directory; idempotent.
+
+    Returns how many files moved back. Folders `apply_drop` created in the dataset
+    (a new task's) are removed again once empty.
+    """
+    doc = read_journal(journal)
+    dataset_root, moved = Path(doc["dataset_root"]), 0
+    for src, dest in reversed(doc["moves"]):
+        if Path(dest).exists() and not Path(src).exists():
+            Path(src).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(dest, src)
+            moved += 1
+    for _src, dest in doc["moves"]:  # also folders made for files that never got there
+        _prune_empty(Path(dest).parent, dataset_root)
     return moved

@@ -20,7 +20,6 @@ __all__ = [
     "exchange",
     "fsync_dir",
     "fsync_file",
-    "link_or_copy",
     "random_suffix",
     "remove_tree",
 ]
@@ -74,21 +73,6 @@ def copytree_durable(src: Path, dst: Path) -> None:
     # Directories last, deepest first, so every entry is durable before its parent.
     for dirpath, _dirnames, _filenames in sorted(os.walk(dst), key=lambda t: -len(Path(t[0]).parts)):
         fsync_dir(Path(dirpath))
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst`, falling back to a symlink across file systems.
-
-    A hard link costs no space and looks exactly like a file to any reader, which
-    is why staging data views use it; a symlink still works for readers that follow
-    links (the trainer's loaders do).
-    """
-    try:
-        os.link(src, dst)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        os.symlink(os.path.abspath(src), dst)
 
 
 def remove_tree(path: Path) -> None:

@@ -1,18 +1,22 @@
 """The scheduled refresh, step by step.
 
-    lock -> scan drop -> copy run + stage data -> eval (before) -> train update
-         -> eval (after) -> gate -> export (signed) -> verify -> publish -> confirm
-         -> swap run dir -> merge drop into dataset -> prune old bundles
+    lock -> scan drop -> copy run -> move drop into dataset (journaled) -> eval (before)
+         -> train update -> eval (after) -> gate -> export (signed) -> verify -> publish
+         -> confirm -> swap run dir -> prune old bundles
 
-Every step before "publish" works on copies in a hidden workspace next to the run
-directory, so a crash, a refusal or a kill at any point leaves the old run, the old
-dataset and the live bundle exactly as they were. After "publish", anything short of
-an edge confirmation puts `current` back where it was.
+Training works on a copy of the run in a hidden workspace next to the run directory;
+the new data is moved into the dataset under a journal (the trainer records and later
+re-reads the dataset path it learned from, so it must see the real one). A refusal,
+a failure, a kill or a crash at any point therefore leaves the old run and the live
+bundle as they were and puts the new data back into the drop directory (after a
+crash: at the start of the next run). After "publish", anything short of an edge
+confirmation puts `current` back where it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -21,7 +25,7 @@ from pathlib import Path
 from deploy.refresh.codes import Exit
 from deploy.refresh.config import RefreshConfig
 from deploy.refresh.confirm import wait_for_version
-from deploy.refresh.drop import DropScan, merge_drop, scan_drop, stage_dataset
+from deploy.refresh.drop import DropScan, apply_drop, read_journal, scan_drop, undo_drop
 from deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
 from deploy.refresh.gate import decide, read_eval
 from deploy.refresh.lock import LockBusy, RefreshLock
@@ -68,6 +72,7 @@ class _Refresh:
         self.bundle: Path | None = None  # where the exporter wrote (workspace or hidden in the store)
         self.confirmed = False
         self.swapped = False
+        self.journal = self.workspace / "drop-journal.json"
 
     def step(self, name: str, text: str) -> contextlib.AbstractContextManager[None]:
         self.say(f"==> {name}: {text}")
@@ -92,17 +97,36 @@ class _Refresh:
         self.say(f"    live bundle: {live.dirname if live else 'none'}")
         return info.tasks, info.method, scan
 
-    def prepare(self, scan: DropScan) -> None:
+    def recover(self) -> None:
+        """Clean up after an interrupted run: undo its data move unless its run was swapped in."""
         cfg = self.cfg
-        for stale in cfg.run_dir.parent.glob(workspace_prefix(cfg) + "*"):
+        for stale in sorted(cfg.run_dir.parent.glob(workspace_prefix(cfg) + "*")):
+            journal = stale / self.journal.name
+            if journal.is_file():
+                doc = read_journal(journal)
+                if doc.get("run_copy_inode") == os.stat(cfg.run_dir).st_ino:
+                    self.say(
+                        f"    interrupted run {stale.name} had already put its run in place; keeping its data"
+                    )
+                else:
+                    moved = undo_drop(journal)
+                    self.say(
+                        f"    interrupted run {stale.name}: {moved} file(s) moved back to the drop directory"
+                    )
             self.say(f"    removing the workspace of an interrupted run: {stale}")
             remove_tree(stale)
         if isinstance(self.store, LocalStore):
             self.store.cleanup_temporaries(exports=True)
-        with self.step("prepare", f"copying the run to {self.workspace} and staging data"):
-            self.workspace.mkdir()
-            copytree_durable(cfg.run_dir, self.workspace / "run")
-            stage_dataset(cfg.data_root, scan, self.workspace / "data")
+
+    def prepare(self, scan: DropScan) -> None:
+        cfg, ws = self.cfg, self.workspace
+        with self.step("prepare", f"copying the run to {ws / 'run'}"):
+            ws.mkdir()
+            copytree_durable(cfg.run_dir, ws / "run")
+        with self.step("apply-drop", f"moving the new data into {cfg.data_root} (undone unless released)"):
+            extra = {"run_id": self.record.run_id, "run_copy_inode": os.stat(ws / "run").st_ino}
+            moved = apply_drop(scan, cfg.data_root, cfg.drop_dir, self.journal, extra)
+        self.say(f"    {moved} file(s) moved, journal {self.journal}")
 
     def baseline(self, tasks: list[str]) -> dict[str, float | None]:
         cfg, ws = self.cfg, self.workspace
@@ -110,17 +134,17 @@ class _Refresh:
             with self.step("eval-before", f"reading the run's own metrics ({cfg.run_dir / 'metrics.json'})"):
                 return read_eval(cfg.run_dir / "metrics.json", cfg.gate.metric)
         with self.step("eval-before", f"evaluating the current model on {', '.join(tasks)}"):
-            return evaluate(cfg, ws / "run", ws / "data", tasks, ws / "eval-before.json", self.say)
+            return evaluate(cfg, ws / "run", cfg.data_root, tasks, ws / "eval-before.json", self.say)
 
     def train(self, scan: DropScan) -> None:
         tasks = scan.tasks_to_train
         with self.step("train", f"continual update on the copy with {', '.join(tasks)}"):
-            train_update(self.cfg, self.workspace / "run", self.workspace / "data", tasks, self.say)
+            train_update(self.cfg, self.workspace / "run", self.cfg.data_root, tasks, self.say)
 
     def after(self, tasks: list[str]) -> dict[str, float | None]:
         ws = self.workspace
         with self.step("eval-after", f"evaluating the updated model on {', '.join(tasks)}"):
-            return evaluate(self.cfg, ws / "run", ws / "data", tasks, ws / "eval-after.json", self.say)
+            return evaluate(self.cfg, ws / "run", self.cfg.data_root, tasks, ws / "eval-after.json", self.say)
 
     def export(self, bank_only: bool) -> tuple[str, int]:
         ws, cfg, store = self.workspace, self.cfg, self.store
@@ -194,19 +218,17 @@ class _Refresh:
         self.record.confirm = {**(self.record.confirm or {}), "rollback": result.to_json()}
         return Exit.ROLLED_BACK if result.ok else Exit.ROLLBACK_FAILED
 
-    def finish(self, scan: DropScan) -> None:
+    def finish(self) -> None:
         cfg, ws = self.cfg, self.workspace
         with self.step("swap-run", f"putting the updated run in place at {cfg.run_dir}"):
             atomic = exchange(cfg.run_dir, ws / "run")
-            self.swapped = True
+            self.swapped = True  # from here on the new data belongs to the live run
+            self.journal.unlink()
             remove_tree(backup_path(cfg))
             (ws / "run").rename(backup_path(cfg))
         if not atomic:
             self.say("    (no renameat2 here: swapped with three renames)")
         self.say(f"    previous run kept at {backup_path(cfg)}")
-        with self.step("merge-drop", f"moving the new data into {cfg.data_root}"):
-            moved = merge_drop(scan, cfg.data_root, cfg.drop_dir)
-        self.say(f"    {moved} file(s) moved")
         with self.step("prune", f"keeping the newest {cfg.store.keep} bundles"):
             removed = self.store.prune(cfg.store.keep)
         for name in removed:
@@ -215,6 +237,7 @@ class _Refresh:
     # ------------------------------------------------------------------ driver
     def run(self, dry_run: bool) -> Exit:
         cfg = self.cfg
+        self.recover()  # first: a crashed run may have left drop files in the dataset
         known, method, scan = self.scan()
         if scan.empty:
             self.say("==> nothing to do: no new data in the drop directory")
@@ -264,7 +287,7 @@ class _Refresh:
                 self.record.outcome = code.outcome
                 return code
             self.record.versions["live"] = version
-            self.finish(scan)
+            self.finish()
             self.record.outcome = "published"
             self.say(f"==> published {self.published.dirname if self.published else version}")
             return Exit.OK
@@ -275,6 +298,9 @@ class _Refresh:
                     self.undo_publish(wait=False)
             raise
         finally:
+            if self.journal.is_file() and not self.swapped:
+                moved = undo_drop(self.journal)
+                self.say(f"    {moved} file(s) moved back to the drop directory")
             remove_tree(self.workspace)
             if self.bundle is not None and self.published is None:
                 remove_tree(self.bundle)  # exported but never published (refused, failed verify)

@@ -6,7 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from deploy.refresh.drop import merge_drop, scan_drop, stage_dataset
+import pytest
+
+from deploy.refresh import drop as drop_module
+from deploy.refresh.drop import apply_drop, read_journal, scan_drop, undo_drop
 
 
 def _img(path: Path, data: bytes = b"img") -> Path:
@@ -80,27 +83,58 @@ def test_empty_or_missing_drop(tmp_path: Path) -> None:
     assert scan_drop(tmp_path / "drop", ["brick"], data, settle_s=0).empty
 
 
-def test_stage_then_merge(tmp_path: Path) -> None:
+def test_apply_then_undo_and_crash_recovery(tmp_path: Path) -> None:
     data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
     _img(drop / "brick" / "train" / "good" / "100.png", b"new brick")
     _new_task(drop, "tile")
     scan = scan_drop(drop, ["brick", "gravel"], data, settle_s=0)
-    before = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
-    staging = stage_dataset(data, scan, tmp_path / "ws" / "data")
-    # The staging view is the dataset plus the drop; the dataset itself is untouched.
-    assert (staging / "brick" / "train" / "good" / "100.png").read_bytes() == b"new brick"
-    assert (staging / "brick" / "train" / "good" / "000.png").read_bytes() == b"brick"
-    assert (staging / "tile" / "test" / "scratch" / "d.png").is_file()
-    assert (staging / "gravel" / "ground_truth" / "crack" / "000_mask.png").is_file()
-    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before
-    assert (
-        os.stat(staging / "brick" / "train" / "good" / "000.png").st_ino
-        == os.stat(data / "brick" / "train" / "good" / "000.png").st_ino
-    )  # hard links: no copy of the dataset
-    moved = merge_drop(scan, data, drop)
+    before_data = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    before_drop = sorted(str(p.relative_to(drop)) for p in drop.rglob("*"))
+    journal = tmp_path / "journal.json"
+    moved = apply_drop(scan, data, drop, journal, {"run_id": "r1"})
     assert moved == 6
     assert (data / "brick" / "train" / "good" / "100.png").read_bytes() == b"new brick"
     assert (data / "tile" / "ground_truth" / "scratch" / "d_mask.png").is_file()
     assert not (drop / "tile").exists()  # emptied new-task folder removed
     assert (drop / "brick" / "train" / "good").is_dir()  # known-task drop folder kept for next time
+    assert read_journal(journal)["run_id"] == "r1"
     assert scan_drop(drop, ["brick", "gravel", "tile"], data, settle_s=0).empty
+
+    assert undo_drop(journal) == 6
+    assert sorted(str(p.relative_to(data)) for p in data.rglob("*")) == before_data
+    assert sorted(str(p.relative_to(drop)) for p in drop.rglob("*")) == before_drop
+    assert undo_drop(journal) == 0  # idempotent
+
+
+def test_undo_after_a_crash_halfway_through_the_moves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
+    _new_task(drop, "tile")
+    scan = scan_drop(drop, ["brick"], data, settle_s=0)
+    real_move = drop_module.shutil.move
+    calls = {"n": 0}
+
+    def dying_move(src: str, dst: str) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("power cut")
+        return real_move(src, dst)
+
+    monkeypatch.setattr(drop_module.shutil, "move", dying_move)
+    with pytest.raises(KeyboardInterrupt):
+        apply_drop(scan, data, drop, tmp_path / "journal.json")
+    monkeypatch.setattr(drop_module.shutil, "move", real_move)
+    assert undo_drop(tmp_path / "journal.json") == 2
+    assert not (data / "tile").exists()
+    assert len(scan_drop(drop, ["brick"], data, settle_s=0).new_tasks["tile"]) == 5
+
+
+def test_apply_never_overwrites(tmp_path: Path) -> None:
+    data, drop = _dataset(tmp_path / "data"), tmp_path / "drop"
+    _img(drop / "brick" / "train" / "good" / "100.png")
+    scan = scan_drop(drop, ["brick"], data, settle_s=0)
+    _img(data / "brick" / "train" / "good" / "100.png", b"appeared meanwhile")
+    with pytest.raises(FileExistsError):
+        apply_drop(scan, data, drop, tmp_path / "journal.json")
+    assert (drop / "brick" / "train" / "good" / "100.png").is_file()

@@ -131,6 +131,8 @@ def test_bank_only_refresh_publishes_confirms_and_swaps(
     assert Path(export_args[export_args.index("--out") + 1]).parent == s.store.root
     verify = s.calls[4]["args"]
     assert verify[verify.index("--key") + 1] == str(s.root / "keys" / "linewatch.pub")
+    # The trainer records the dataset it learned from and re-reads it later: the real one.
+    assert update[update.index("--data") + 1] == f"mvtec:{s.root / 'dataset'}"
     after_eval = s.calls[2]["args"]
     assert after_eval[after_eval.index("--tasks") + 1] == "brick,gravel"
 
@@ -158,7 +160,7 @@ def test_bank_only_refresh_publishes_confirms_and_swaps(
         "publish",
         "confirm",
         "swap-run",
-        "merge-drop",
+        "apply-drop",
         "prune",
     }
     assert "==> gate:" in "\n".join(lines) and "==> publish:" in "\n".join(lines)
@@ -217,7 +219,7 @@ def test_gate_refusal_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     assert s.store.current() == "linewatch-v000010"
     assert [c["module"] for c in s.calls] == ["trainer", "trainer", "trainer"]  # no export after refusal
     assert s.state() == state
-    assert (s.root / "drop" / "tile" / "train" / "good" / "a.png").is_file()
+    assert (s.root / "drop" / "tile" / "train" / "good" / "a.png").is_file()  # moved back
     assert not (s.root / "dataset" / "tile").exists()
     assert s.leftovers() == []
     record = s.log[-1]
@@ -270,6 +272,25 @@ def test_unconfirmed_bundle_is_rolled_back(
     publish_status(broker_port, ROOT, 11)
     code2, _ = s.run()
     assert code2 == Exit.OK and s.store.current() == "linewatch-v000011"
+
+
+def test_a_crashed_run_is_undone_by_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploy.refresh.drop import apply_drop, scan_drop
+
+    s = _setup(tmp_path, monkeypatch, {})
+    _drop_new_task(s, "tile")
+    # What a power cut during training leaves: a workspace, a journal, the drop moved into the dataset.
+    ws = s.root / ".run.refresh-20260101T000000Z-dead00"
+    (ws / "run").mkdir(parents=True)
+    scan = scan_drop(s.root / "drop", ["brick", "gravel"], s.root / "dataset", settle_s=0)
+    apply_drop(scan, s.root / "dataset", s.root / "drop", ws / "drop-journal.json", {"run_copy_inode": 1})
+    assert (s.root / "dataset" / "tile").is_dir() and not (s.root / "drop" / "tile").exists()
+    code, lines = s.run()
+    assert code == Exit.OK, "\n".join(lines)
+    assert any("3 file(s) moved back to the drop directory" in line for line in lines)
+    assert s.calls[1]["args"][s.calls[1]["args"].index("--tasks") + 1] == "tile"  # retried, then released
+    assert (s.root / "dataset" / "tile" / "test" / "dent" / "c.png").is_file()
+    assert s.leftovers() == [] and s.store.current() == "linewatch-v000011"
 
 
 def test_nothing_to_do_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
