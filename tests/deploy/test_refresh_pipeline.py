@@ -312,7 +312,9 @@ def test_nothing_to_do_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert s.calls == [] and len(s.log) == 1
 
 
-def test_sigterm_during_training_cleans_up_and_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_run_is_locked_out_and_sigterm_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = _setup(tmp_path, monkeypatch, {"hang": "train"})
     _drop_images(s, "brick")
     proc = subprocess.Popen(
@@ -326,6 +328,16 @@ def test_sigterm_during_training_cleans_up_and_logs(tmp_path: Path, monkeypatch:
     while not any(c["args"][0] == "update" for c in s.calls) and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)
+    # A second run while the first is training: refused at once with the lock's exit code.
+    second = subprocess.run(
+        [sys.executable, "-m", "deploy.refresh", "run", "--config", str(s.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert second.returncode == Exit.LOCKED, second.stdout + second.stderr
+    assert f"pid {proc.pid}" in second.stdout
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == Exit.FAILED, out
