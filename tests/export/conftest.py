@@ -55,6 +55,18 @@ def _fit(method: str, data: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fit_method():
+    """`fit(method, data_root, out_dir) -> run_dir` with the small test config."""
+    return _fit
+
+
+@pytest.fixture(scope="session")
+def data_layout() -> tuple[tuple[str, ...], tuple[int, int]]:
+    """(tasks, image size) of the generated data the runs are fitted on."""
+    return TASKS, IMAGE_HW
+
+
+@pytest.fixture(scope="session")
 def fitted_runs(tmp_path_factory: pytest.TempPathFactory, generated_data: Path):
     """Run directories keyed by method, fitted lazily (only the methods a test asks for)."""
     cache: dict[str, Path] = {}
