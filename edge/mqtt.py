@@ -81,6 +81,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._control: deque[Control] = deque()
         self._control_lock = threading.Lock()
+        self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -105,8 +106,11 @@ class MqttLink:
 
     def wake(self) -> None:
         """New outbox rows or control messages: interrupt the I/O wait."""
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return  # the link has ended; never write to a recycled descriptor
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
 
     def send(
         self,
@@ -202,15 +206,22 @@ class MqttLink:
     def _run(self) -> None:
         backoff = self.cfg.reconnect_min_s
         while self._stop_deadline is None:
-            if self._session():
+            try:
+                connected = self._session()
+            except Exception:  # never let the camera's only connection thread die
+                log.exception("MQTT session failed", extra={"camera": self.camera})
+                connected = False
+            if connected:
                 backoff = self.cfg.reconnect_min_s
             if self._stop_deadline is not None:
                 break
             self.stats.connect_failures += 1
             self._sleep(backoff)
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
 
     def _sleep(self, seconds: float) -> None:
         """Interruptible by stop() through the wake pipe."""

@@ -81,3 +81,10 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[mqtt\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parents[2] / "edge" / "edge.example.toml"
+    cfg = load_config(example)
+    assert cfg.topic.root("cam0") == "linewatch/plant1/line2/press3/cam0"
+    assert cfg.mqtt.use_tls and cfg.reload.require_signature

@@ -83,6 +83,7 @@ def test_broker_down_then_restarted_twice_nothing_lost(
                 box.add("cam0", f"{ROOT}/result", str(n).encode())
                 n += 1
             mqtt_broker.start()
+            wait_for(lambda r=_round: link.stats.connects >= r + 2, 60, what="the link back on the broker")
     wait_for(lambda: len(set(numbers(rec))) >= n, 120, what=f"all {n} results")
     wait_for(lambda: box.depth() == 0, what="outbox drained")
     got = numbers(rec)
