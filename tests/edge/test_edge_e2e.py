@@ -257,3 +257,26 @@ def test_anomalies_mode_publishes_summaries(
     assert [d["frame_id"] for d in verdicts] == [3, 11]
     assert sum(s["frames"] for s in summaries) == 20 and sum(s["anomalies"] for s in summaries) == 2
     validate_all(rec)
+
+
+def test_two_cameras_micro_batched(
+    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any
+) -> None:
+    rec = mqtt_recorder([f"{SITE}/#"])
+    folders = [tmp_path / "left", tmp_path / "right"]
+    for k, folder in enumerate(folders):
+        for i in range(15):
+            write_frame(folder, i, (i + k) % 5 == 0)
+    cfg = edge_config(tmp_path, mqtt_broker.url, batch={"size": 2, "max_wait_ms": 20})
+    rt = runtime_factory(
+        cfg, make_bundle(tmp_path / "toy-v1"), [f"dir:{f}" for f in folders], ["left", "right"]
+    )
+    for k, name in enumerate(["left", "right"]):
+        wait_for(lambda n=name: len(first_by_id(results(rec, n))) >= 15, 120, what=f"{name} verdicts")
+        by_id = first_by_id(results(rec, name))
+        assert sorted(by_id) == list(range(15))
+        assert all(d["camera"] == name and d["anomalous"] == ((i + k) % 5 == 0) for i, d in by_id.items())
+        wait_for(lambda n=name: rec.json(f"{n}/status") != [], 60)
+        assert rec.json(f"{name}/status")[-1]["camera"] == name
+    assert rt.inference.batches <= 30
+    validate_all(rec)
