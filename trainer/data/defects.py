@@ -44,8 +44,8 @@ def _px(scale: float, lo: float, hi: float, rng: np.random.Generator, floor: flo
     return max(floor, rng.uniform(lo, hi) * scale)
 
 
-def _width(scale: float, rng: np.random.Generator, lo: float = 2.0, hi: float = 4.0) -> int:
-    """Line width: 2-4 px at a 256 px side, proportional elsewhere, at least 1 px."""
+def _width(scale: float, rng: np.random.Generator, lo: float = 3.0, hi: float = 5.0) -> int:
+    """Line width: 3-5 px at a 256 px side, proportional elsewhere, at least 1 px."""
     return max(1, round(rng.uniform(lo, hi) * scale / 256))
 
 
@@ -100,7 +100,7 @@ def crack(
     image: np.ndarray, rng: np.random.Generator, scale: float, task: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """A jagged random-walk polyline with a branch or two, dark on bright parts."""
-    total = _px(scale, 0.15, 0.35, rng, floor=4)
+    total = _px(scale, 0.2, 0.4, rng, floor=4)
     steps = int(rng.integers(10, 18))
     step, angle = total / steps, rng.uniform(0, 2 * np.pi)
     walk = [_point(image.shape, rng, 0.2)]
@@ -116,7 +116,7 @@ def crack(
             branch_angle += rng.normal(0, 0.5)
             branch.append(branch[-1] + step * np.array([np.cos(branch_angle), np.sin(branch_angle)]))
         lines.append(np.array(branch))
-    mask = _polyline_mask(image.shape, lines, _width(scale, rng, 2.0, 3.5))
+    mask = _polyline_mask(image.shape, lines, _width(scale, rng, 3.0, 4.5))
     if not mask.any():
         return image.copy(), mask
     local = float(image[mask].mean())
@@ -129,7 +129,7 @@ def hole(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A dark filled ellipse with a lighter rim, like a drilled or punched-through spot."""
     h, w = image.shape[:2]
-    axes = (_px(scale, 0.03, 0.07, rng, 2), _px(scale, 0.03, 0.07, rng, 2))
+    axes = (_px(scale, 0.04, 0.08, rng, 2), _px(scale, 0.04, 0.08, rng, 2))
     centre = _point(image.shape, rng, 0.12)
     box = ((float(centre[0]), float(centre[1])), (2 * axes[0], 2 * axes[1]), float(rng.uniform(0, 180)))
     inner, rim = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
@@ -153,7 +153,7 @@ def stain(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A soft coloured blob blended in; alpha below 0.3 is cut to 0 so the mask is exactly what changed."""
     h, w = image.shape[:2]
-    radius = _px(scale, 0.04, 0.08, rng, 2)
+    radius = _px(scale, 0.06, 0.11, rng, 2)
     centre = _point(image.shape, rng, 0.15)
     blob = np.zeros((h, w), np.float32)
     for _ in range(int(rng.integers(2, 5))):
@@ -162,7 +162,7 @@ def stain(
         c = (round(centre[0] + offset[0]), round(centre[1] + offset[1]))
         cv2.ellipse(blob, c, axes, float(rng.uniform(0, 180)), 0, 360, 1.0, thickness=-1)
     sigma = max(0.8, radius / 3)
-    alpha = cv2.GaussianBlur(blob, (0, 0), sigma) * rng.uniform(0.75, 0.9)
+    alpha = cv2.GaussianBlur(blob, (0, 0), sigma) * rng.uniform(0.85, 0.95)
     alpha[alpha < 0.3] = 0
     mask = alpha > 0
     if not mask.any():

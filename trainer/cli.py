@@ -1,0 +1,124 @@
+"""`linewatch-train`: fit, update (continual step), eval, and generate (synthetic data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from trainer.backbones import BackboneWeightsError
+from trainer.config import ConfigError, load_config
+from trainer.data import DatasetError
+from trainer.runs import RunError
+
+
+def _tasks(text: str) -> list[str]:
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise argparse.ArgumentTypeError("give at least one task, e.g. --tasks brick,grass")
+    return tasks
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = [int(p) for p in text.lower().replace("x", ",").split(",")]
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linewatch-train", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="learn a sequence of tasks into a new run directory")
+    fit.add_argument("--data", required=True, help="FORMAT:ROOT, e.g. mvtec:/data/mvtec")
+    fit.add_argument("--tasks", required=True, type=_tasks)
+    fit.add_argument("--method", help="patchcore | padim")
+    fit.add_argument("--strategy", help="cl | naive | joint | single (padim also cl-exact, per-task)")
+    fit.add_argument("--out", required=True, type=Path)
+    fit.add_argument("--config", type=Path, help="TOML file; LINEWATCH_TRAIN_* variables override it")
+    fit.add_argument("--backbone")
+    fit.add_argument("--backbone-weights", type=Path, help="local weights file when the hub is unreachable")
+    fit.add_argument("--image-size", type=_size, help="H[xW] model resolution (default 256)")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--single-run", type=Path, help="a `single` run on the same tasks, for relative_gap")
+    fit.add_argument("--no-progress", action="store_true")
+    fit.add_argument("--no-report", action="store_true")
+
+    upd = sub.add_parser("update", help="continual step: learn new tasks, keep the old ones")
+    upd.add_argument("--run", required=True, type=Path)
+    upd.add_argument("--data", required=True)
+    upd.add_argument("--tasks", required=True, type=_tasks)
+    upd.add_argument("--single-run", type=Path)
+
+    ev = sub.add_parser("eval", help="evaluate a run on tasks' test sets")
+    ev.add_argument("--run", required=True, type=Path)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--tasks", required=True, type=_tasks)
+    ev.add_argument("--out", type=Path, help="write the metrics JSON here (default: print it)")
+
+    gen = sub.add_parser("generate", help="write synthetic MVTec-layout tasks (see trainer.data.generate)")
+    gen.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _print_table(metrics: dict) -> None:
+    names = ("image_auroc", "image_f1", "pixel_auroc", "pixel_aupr", "aupro")
+    print(f"\n{metrics['method']} / {metrics['strategy']} on {', '.join(metrics['tasks'])}")
+    print(f"{'task':<14}" + "".join(f"{n:>13}" for n in names))
+    last = {n: metrics["matrix"][n][-1] for n in names}
+    for j, task in enumerate(metrics["tasks"]):
+        cells = [last[n][j] if j < len(last[n]) else None for n in names]
+        print(f"{task:<14}" + "".join(f"{'-':>13}" if c is None else f"{c:>13.3f}" for c in cells))
+    for key in ("final", "forgetting"):
+        if key in metrics:
+            vals = [metrics[key].get(n) for n in names]
+            print(f"{key:<14}" + "".join(f"{'-':>13}" if v is None else f"{v:>13.3f}" for v in vals))
+    if "task_inference_accuracy" in metrics:
+        print(f"task inference accuracy: {metrics['task_inference_accuracy']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    from trainer import protocol
+
+    try:
+        if args.command == "generate":
+            from trainer.data.generate import main as generate_main
+
+            return generate_main(args.args)
+        if args.command == "fit":
+            cfg = load_config(
+                args.config,
+                method=args.method,
+                strategy=args.strategy,
+                backbone=args.backbone,
+                backbone_weights=args.backbone_weights,
+                image_size=args.image_size,
+                seed=args.seed,
+                progress=False if args.no_progress else None,
+                report=False if args.no_report else None,
+            )
+            metrics = protocol.fit(cfg, args.data, args.tasks, args.out, args.single_run)
+            _print_table(metrics)
+            print(f"\nrun written to {args.out}")
+        elif args.command == "update":
+            metrics = protocol.update(args.run, args.data, args.tasks, args.single_run)
+            _print_table(metrics)
+        elif args.command == "eval":
+            metrics = protocol.evaluate(args.run, args.data, args.tasks)
+            text = json.dumps(metrics, indent=1)
+            if args.out:
+                args.out.write_text(text)
+                print(f"metrics written to {args.out}")
+            else:
+                print(text)
+    except (ConfigError, DatasetError, BackboneWeightsError, RunError, ValueError) as exc:
+        print(f"linewatch-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The trainer's one config object: TOML file, then environment (`LINEWATCH_TRAIN_*`), then CLI flags.
+
+Validated at start, so a typo in a key or a bad value fails before minutes of feature
+extraction, with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key."""
+
+
+class PatchCoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    budget: int = Field(30_000, gt=0, description="total memory-bank patches over all tasks")
+    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    proj_dim: int | None = Field(32, gt=0, description="random projection for coreset selection")
+    reweight_k: int = Field(9, ge=1)
+
+
+class PadimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dims: int = Field(100, gt=0)
+    eps: float = Field(0.01, gt=0)
+
+
+class TrainConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    method: str = "patchcore"
+    strategy: str = "cl"
+    backbone: str = "tf_efficientnet_lite0"
+    layers: list[int] | None = None
+    backbone_weights: Path | None = None
+    image_size: tuple[int, int] = (256, 256)
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="share of train images held out to calibrate")
+    min_val: int = Field(3, ge=1)
+    quantile: float = Field(
+        0.99, gt=0, le=1, description="good-score quantile that becomes the 0.5 threshold"
+    )
+    sigma: float = Field(4.0, gt=0)
+    progress: bool = True
+    report: bool = True
+    patchcore: PatchCoreConfig = PatchCoreConfig()
+    padim: PadimConfig = PadimConfig()
+
+    @field_validator("image_size")
+    @classmethod
+    def _size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 32 or v[0] % 8 or v[1] % 8:
+            raise ValueError("image_size must be (H, W), each >= 32 and a multiple of 8")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (passed as init values); CLI flags are applied after loading.
+        return env_settings, init_settings
+
+    def method_kwargs(self) -> dict[str, Any]:
+        common = {
+            "backbone": self.backbone,
+            "layers": tuple(self.layers) if self.layers else None,
+            "backbone_weights": self.backbone_weights,
+            "input_hw": tuple(self.image_size),
+            "sigma": self.sigma,
+            "quantile": self.quantile,
+            "seed": self.seed,
+            "progress": self.progress,
+        }
+        extra = getattr(self, self.method, None)
+        return {**common, **(extra.model_dump() if isinstance(extra, BaseModel) else {})}
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
+    """File, then environment, then explicit overrides (CLI flags that were given)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        cfg = TrainConfig(**data)
+        if overrides:
+            cfg = TrainConfig(**{**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc
+    return cfg
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return "invalid trainer config:\n" + "\n".join(lines)

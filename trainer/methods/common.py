@@ -1,0 +1,100 @@
+"""Plumbing shared by the torch-based methods: batching, prediction and calibration.
+
+A method supplies its scoring module, its data inputs and a raw map for a forced
+task; everything that turns those into predictions and thresholds lives here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.methods.base import Prediction, ScoringGraph
+
+
+def batches(images: np.ndarray, size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, len(images), size):
+        yield torch.from_numpy(np.ascontiguousarray(images[start : start + size]))
+
+
+def fit_normalisation(raw_scores: np.ndarray, quantile: float) -> tuple[float, float]:
+    """Threshold and scale from good images only, which is all a line has at install time.
+
+    The threshold is the stated quantile of held-out good image scores; the scale is the
+    distance from the median good score to it, so a typical good part lands near 0.27.
+    """
+    raw_scores = np.asarray(raw_scores, dtype=np.float64)
+    center = float(np.quantile(raw_scores, quantile))
+    scale = max(center - float(np.median(raw_scores)), 0.05 * abs(center), 1e-6)
+    return center, scale
+
+
+class TorchMethodMixin:
+    """Needs: `self.slots`, `self.center`, `self.scale` lists, `scoring_graph()`, `_raw_map(frames, slot)`.
+
+    A slot is one scoring model inside the method: one per task for methods that infer
+    the task (the graph's `task` output is the slot index), or a single shared slot.
+    """
+
+    batch_size: int = 4
+    quantile: float = 0.99
+
+    def predict(self, images: np.ndarray) -> Prediction:
+        graph = self.scoring_graph()
+        inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in graph.data_inputs.values()]
+        maps, scores, tasks = [], [], []
+        with torch.inference_mode():
+            for frames in batches(images, self.batch_size):
+                m, s, t = graph.module(frames, *inputs)
+                maps.append(m.numpy())
+                scores.append(s.numpy())
+                tasks.append(t.numpy())
+        return Prediction(
+            np.concatenate(maps), np.concatenate(scores), np.concatenate(tasks).astype(np.int64)
+        )
+
+    def raw_scores(self, images: np.ndarray, slot: int) -> np.ndarray:
+        """Image scores (max of the raw map) on one slot, bypassing task inference."""
+        out = []
+        with torch.inference_mode():
+            for frames in batches(images, self.batch_size):
+                out.append(self._raw_map(frames, slot).flatten(1).amax(1).numpy())
+        return np.concatenate(out)
+
+    def calibrate(self, val: dict[str, np.ndarray]) -> None:
+        """Per slot, threshold on the held-out good images of the tasks that slot serves."""
+        self.center = [1.0] * len(self.slots)
+        self.scale = [1.0] * len(self.slots)
+        for idx, slot_tasks in enumerate(self.slots):
+            images = [val[t] for t in slot_tasks if t in val]
+            if not images:
+                raise ValueError(f"no held-out good images to calibrate tasks {slot_tasks}")
+            raw = self.raw_scores(np.concatenate(images), idx)
+            self.center[idx], self.scale[idx] = fit_normalisation(raw, self.quantile)
+
+    def slot_names(self) -> list[str]:
+        return ["+".join(s) for s in self.slots]
+
+    def calibration_meta(self) -> dict[str, Any]:
+        return {
+            "kind": "sigmoid((raw - center[slot]) / scale[slot])",
+            "quantile": self.quantile,
+            "slots": self.slot_names(),
+            "center": self.center,
+            "scale": self.scale,
+        }
+
+    def _norm_inputs(self) -> dict[str, np.ndarray]:
+        return {
+            "center": np.asarray(self.center, dtype=np.float32),
+            "scale": np.asarray(self.scale, dtype=np.float32),
+        }
+
+    def _graph(self, module: torch.nn.Module, data: dict[str, np.ndarray]) -> ScoringGraph:
+        data = {**data, **self._norm_inputs()}
+        return ScoringGraph(
+            module.eval(), data, tuple(self.input_hw), {"calibration": self.calibration_meta()}
+        )
