@@ -65,7 +65,7 @@ def measure(
     from export.parity import ort_session
 
     torch.set_num_threads(threads)
-    session = ort_session(onnx_path, threads=threads)
+    session = ort_session(onnx_path, threads=threads, spinning=False)
     module = graph.module.eval()
     data_t = [torch.from_numpy(np.ascontiguousarray(a)) for a in graph.data_inputs.values()]
     data_np = {k: np.ascontiguousarray(v) for k, v in graph.data_inputs.items()}
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         result["latency"] = measure(
             graph, written.path / "model.onnx", frames, batches, args.repeats, args.threads
         )
+    result["load_average_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("method", "input_hw", "export_seconds", "bundle_bytes")}))

@@ -284,7 +284,10 @@ def _extract_tar(tar_path: Path) -> Path:
                 members = tf.getmembers()
                 for m in members:
                     _check_member(m, tar_path)
-                tf.extractall(tmp, members=members, filter="data")
+                try:
+                    tf.extractall(tmp, members=members, filter="data")
+                except TypeError:  # Python < 3.10.12 has no filters; members were checked above
+                    tf.extractall(tmp, members=members)
             try:
                 os.replace(tmp, dest)
             except OSError:

@@ -388,7 +388,8 @@ def _build(
         try:
             static.raise_for_failures()
         except Exception as e:
-            raise ExportError(str(e)) from e
+            notes = "".join(f"\n  note: {n}" for n in onnx_info.notes)
+            raise ExportError(f"{e}{notes}") from e
         graph_path = tmp / MODEL_NAME
     else:
         # Prove the new run's graph is the base graph: same bytes once exported.

@@ -35,13 +35,19 @@ def torch_infer(graph: ScoringGraph, frames: np.ndarray, batch_size: int = 8) ->
     return np.concatenate(maps), np.concatenate(scores), np.concatenate(tasks)
 
 
-def ort_session(onnx_path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """A CPU onnxruntime session (the reference backend every box can run)."""
+def ort_session(onnx_path: str | os.PathLike[str], threads: int | None = None, spinning: bool = True) -> Any:
+    """A CPU onnxruntime session (the reference backend every box can run).
+
+    `spinning=False` stops idle worker threads from busy-waiting after a run, which
+    would steal CPU from whatever runs next (the interleaved torch timings).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
     return ort.InferenceSession(str(Path(onnx_path)), sess_options=opts, providers=["CPUExecutionProvider"])
 

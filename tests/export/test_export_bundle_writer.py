@@ -89,21 +89,38 @@ def test_tar_holds_the_same_bundle(registry: Path, signing_keys: tuple[Path, Pat
     assert open_bundle(registry / "toy-v1.tar", key=signing_keys[1]).version == 1
 
 
-def test_versions_only_increase(tmp_path: Path) -> None:
+def _fake_bundle(path: Path, name: str, version: int) -> None:
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"model": {"name": name, "version": version}}))
+
+
+def test_version_resolution(tmp_path: Path) -> None:
     reg = tmp_path / "reg"
-    reg.mkdir()
+    _fake_bundle(reg / "toy-v000003", "toy", 3)
+    _fake_bundle(reg / "toy-v000005", "toy", 5)
+    _fake_bundle(reg / "other-v000009", "other", 9)
+    _fake_bundle(reg / ".incoming-x", "toy", 99)  # hidden: never counted
+    assert bw.resolve_version(reg / "toy-new", "toy") == 6
+    assert bw.resolve_version(reg / "other-new", "other") == 10
+    assert bw.resolve_version(reg / "fresh", "fresh") == 1
+    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", registry=reg) == 6
+    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", base_version=7) == 8
+    _fake_bundle(tmp_path / "ws" / "b", "toy", 12)  # the bundle being replaced
+    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", registry=reg) == 13
+    assert bw.resolve_version(reg / "x", "toy", explicit=40) == 40
+    with pytest.raises(ExportError, match="greater than 5"):
+        bw.resolve_version(reg / "x", "toy", explicit=5)
+
+
+def test_writer_numbers_versions_upwards(tmp_path: Path) -> None:
+    reg = tmp_path / "reg"
+    _fake_bundle(reg / "toy-v000004", "toy", 4)
     g = toy_scoring_graph()
-    assert write_toy_bundle(reg / "a", graph=g).version == 1
-    assert write_toy_bundle(reg / "b", graph=g).version == 2  # above everything in the registry
-    assert write_toy_bundle(reg / "b", graph=g).version == 3  # replacing b: above b's own version
-    assert not [p for p in reg.iterdir() if p.name.startswith(".")]  # the old b is gone, no temp left
-    with pytest.raises(ExportError, match="greater than 3"):
-        write_toy_bundle(reg / "c", graph=g, version=3)
-    assert write_toy_bundle(reg / "c", graph=g, version=10).version == 10
-    assert write_toy_bundle(reg / "other", graph=g, name="other").version == 1  # per model name
-    elsewhere = tmp_path / "workspace"
-    elsewhere.mkdir()
-    assert write_toy_bundle(elsewhere / "b", graph=g, registry=reg).version == 11
+    assert write_toy_bundle(reg / "b", graph=g).version == 5
+    assert write_toy_bundle(reg / "b", graph=g).version == 6  # replacing b: above b's own version
+    assert sorted(p.name for p in reg.iterdir()) == ["b", "toy-v000004"]  # the old b is gone, no temp left
+    with pytest.raises(ExportError, match="greater than 6"):
+        write_toy_bundle(reg / "c", graph=g, version=6)
 
 
 def test_refused_export_leaves_nothing_and_keeps_the_old_bundle(
