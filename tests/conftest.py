@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,7 +29,31 @@ MOSQUITTO = shutil.which("mosquitto") or (
 )
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A free loopback port OUTSIDE the ephemeral range.
+
+    While a broker is stopped for a restart test, clients keep reconnecting to its port; a port in
+    the ephemeral range can then be taken as some outgoing connection's source port (even a TCP
+    self-connection to 127.0.0.1:port), and the broker could not bind it again.
+    """
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(20000, 32000) if not low <= p <= high] or list(range(1025, low))
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for port in rng.sample(candidates, min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -90,7 +115,7 @@ class Broker:
 
     def start(self) -> None:
         assert MOSQUITTO is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:  # the port may linger briefly after a stop
             self.proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -101,8 +126,13 @@ class Broker:
                 )
             if self.proc.poll() is None and self._accepting():
                 return
+            if self.proc.poll() is None:  # alive but not listening: do not leak it
+                self.proc.kill()
+            self.proc.wait(10)
             if time.monotonic() > deadline:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                if self.log.exists():
+                    err += "\n" + "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
                 raise RuntimeError(f"mosquitto did not start on port {self.port}: {err}")
             time.sleep(0.5)
 
