@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -37,6 +37,56 @@ class PadimConfig(BaseModel):
     eps: float = Field(0.01, gt=0)
 
 
+class ReplayConfig(BaseModel):
+    """Continual learning by replay (trained methods): a fixed buffer of past tasks' images."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(300, ge=0, description="images kept over all past tasks, shared equally")
+    format: Literal["png", "jpeg"] = Field("png", description="how buffered images are stored")
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    batch: int = Field(8, ge=0, description="replayed images added to each training batch")
+
+
+class EfficientADConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: Literal["s", "m"] = "s"
+    out_channels: int = Field(384, gt=0)
+    width: float = Field(1.0, gt=0, description="PDN hidden-channel multiplier (1.0 = published)")
+    teacher: Path | None = Field(None, description="distilled teacher file (linewatch-train distill-teacher)")
+    teacher_cache: Path | None = Field(None, description="where distilled teachers are cached")
+    distill_steps: int = Field(10_000, gt=0)
+    distill_batch: int = Field(8, gt=0)
+    steps: int = Field(10_000, gt=0, description="training steps per task (early stopping may end sooner)")
+    batch_size: int = Field(8, gt=0, description="current-task images per batch")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    hard_quantile: float = Field(0.999, ge=0, lt=1)
+    penalty_batch: int = Field(4, ge=0, description="generic images per step for the student penalty")
+    penalty_pool: int = Field(64, gt=0)
+    penalty_sources: list[str] | None = None
+    map_quantiles: tuple[float, float] = (0.9, 0.995)
+    eval_every: int = Field(100, gt=0)
+    patience: int = Field(5, ge=0, description="evaluations without improvement before stopping (0: never)")
+    holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out for early stopping")
+    device: str = "cpu"
+    replay: ReplayConfig = ReplayConfig()
+
+
+class STFPMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, gt=0, description="training steps per task (early stopping may end sooner)")
+    batch_size: int = Field(8, gt=0, description="current-task images per batch")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.4, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    eval_every: int = Field(50, gt=0)
+    patience: int = Field(5, ge=0)
+    holdout: float = Field(0.1, gt=0, lt=1)
+    device: str = "cpu"
+    replay: ReplayConfig = ReplayConfig()
+
+
 class TrainConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="forbid"
@@ -59,6 +109,8 @@ class TrainConfig(BaseSettings):
     report: bool = True
     patchcore: PatchCoreConfig = PatchCoreConfig()
     padim: PadimConfig = PadimConfig()
+    efficientad: EfficientADConfig = EfficientADConfig()
+    stfpm: STFPMConfig = STFPMConfig()
 
     @field_validator("image_size")
     @classmethod
@@ -102,10 +154,15 @@ def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
     try:
         cfg = TrainConfig(**data)
         if overrides:
-            cfg = TrainConfig(**{**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+            cfg = config_from_values({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     return cfg
+
+
+def config_from_values(values: dict[str, Any]) -> TrainConfig:
+    """Validate exactly these values, ignoring the environment (CLI flags and saved runs win)."""
+    return TrainConfig(_env_prefix="LINEWATCH_TRAIN_IGNORED_", **values)
 
 
 def _describe(exc: ValidationError) -> str:

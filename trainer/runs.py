@@ -15,7 +15,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from trainer.config import PadimConfig, PatchCoreConfig, TrainConfig
+from trainer.config import TrainConfig, config_from_values
 from trainer.learner import Learner
 
 RUN_FORMAT = 1
@@ -27,13 +27,7 @@ class RunError(RuntimeError):
 
 def config_from_saved(data: dict[str, Any]) -> TrainConfig:
     """Rebuild the exact saved config; the environment must not change a saved run."""
-    fields = dict(data)
-    fields["image_size"] = tuple(fields["image_size"])
-    fields["patchcore"] = PatchCoreConfig(**fields["patchcore"])
-    fields["padim"] = PadimConfig(**fields["padim"])
-    if fields.get("backbone_weights"):
-        fields["backbone_weights"] = Path(fields["backbone_weights"])
-    return TrainConfig.model_construct(**fields)
+    return config_from_values(data)
 
 
 def save_run(run_dir: Path, learner: Learner, history: dict[str, Any]) -> None:

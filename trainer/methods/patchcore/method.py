@@ -120,9 +120,15 @@ class PatchCore(TorchMethodMixin):
 
     # -- scoring ------------------------------------------------------------------
     def banks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T, M, D) bank padded with repeats (which never change a nearest neighbour) and (T, M, k) neighbours."""
+        """(T, M, D) bank padded with repeats (which never change a nearest neighbour) and (T, M, k) neighbours.
+
+        M is the per-task budget share: the graph's compute is set by the budget, not the data.
+        """
         if self._bank_cache is None:
-            m = max(c.shape[0] for c in self.coresets)
+            # Padding to the budget share keeps the bank shape a function of the task count
+            # alone, so more images for a known task is a bank-only refresh (same engine).
+            share = self.config["budget"] // len(self.coresets)
+            m = max(share, *(c.shape[0] for c in self.coresets))
             k = min(self.config["reweight_k"], m)
             padded, knn = [], []
             for c in self.coresets:
