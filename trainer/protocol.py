@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 from trainer import metrics as M
 from trainer.config import TrainConfig
@@ -23,15 +24,32 @@ from trainer.learner import Learner, TaskData
 from trainer.report import TaskEval, write_report
 from trainer.runs import load_run, save_run
 
-MATRIX_METRICS = M.METRIC_NAMES
+# Beside DESIGN.md's metrics: F1 of the verdicts at the calibrated threshold (0.5), which is
+# what a line actually runs on; the max-F1 and AUROC metrics ignore calibration.
+CALIBRATED_F1 = "image_f1_calibrated"
+MATRIX_METRICS = (*M.METRIC_NAMES, CALIBRATED_F1)
 
 Log = Callable[[str], None]
 
 
+def _read_size(split: Any, cfg: TrainConfig) -> tuple[int, int]:
+    """Model resolution for the `resize` geometry. For `letterbox` and `tile`, the frame size (the
+    first training image's when not configured): the learner cuts the model inputs itself, and test
+    masks stay at full resolution so metrics judge the stitched full-frame maps."""
+    if cfg.geometry.mode == "resize":
+        return tuple(cfg.image_size)
+    if cfg.geometry.frame_size is not None:
+        return tuple(cfg.geometry.frame_size)
+    from trainer.data.images import image_size
+
+    return image_size(split.train[0].path)
+
+
 def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
-    """Read a task at model resolution and hold out a seeded share of its good images."""
+    """Read a task at model (or, for tiles and letterbox, frame) resolution and hold out a seeded
+    share of its good images."""
     split = load_task(spec, task)
-    size = tuple(cfg.image_size)
+    size = _read_size(split, cfg)
     train = read_images([s.path for s in split.train], size)
     rng = np.random.default_rng(cfg.seed + zlib.crc32(task.encode()))
     order = rng.permutation(len(train))
@@ -48,12 +66,23 @@ def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
 
 def evaluate_task(learner: Learner, data: TaskData) -> tuple[dict[str, Any], TaskEval, np.ndarray | None]:
     pred = learner.predict(data.name, data.test)
-    values = {**M.image_metrics(data.labels, pred.scores)}
+    values = {**M.image_metrics(data.labels, pred.scores), CALIBRATED_F1: _calibrated_f1(data.labels, pred.scores)}
     values.update(M.pixel_metrics(data.masks, pred.maps, data.has_mask, labels=data.labels))
     evaluation = TaskEval(
         data.name, data.labels, pred.scores, pred.maps, data.masks, data.has_mask, data.test
     )
     return values, evaluation, learner.task_hits(data.name, pred)
+
+
+def _calibrated_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(f1_score(labels, scores >= 0.5, zero_division=0.0))
+
+
+def pooled_metrics(evals: list[TaskEval]) -> dict[str, float]:
+    """All tasks' test images as one stream with one threshold, as the line sees them."""
+    labels = np.concatenate([e.labels for e in evals])
+    scores = np.concatenate([e.scores for e in evals])
+    return {"image_auroc": M.auroc(labels, scores), CALIBRATED_F1: _calibrated_f1(labels, scores)}
 
 
 def _peak_rss_mb() -> float:
@@ -84,7 +113,7 @@ def run_steps(
         log(
             f"[{len(seen) + (0 if relearn else 1)}] task {task}: {'re-learning' if relearn else 'loading'} {spec}"
         )
-        data = load_task_data(spec, task, cfg)
+        data = load_task_data(spec, task, learner.cfg)  # learner.cfg: the frame size, once learnt
         seen[task] = data
         history["sources"][task] = spec
         history["left_out"][task] = int(np.sum((data.labels == 1) & ~data.has_mask))
@@ -117,6 +146,7 @@ def run_steps(
         for m in MATRIX_METRICS:
             history["matrix"][m].append(row[m])
         history["task_inference"].append(float(np.concatenate(hits).mean()) if hits else None)
+        history["pooled"] = pooled_metrics(evals)
     return history, evals
 
 
@@ -139,6 +169,7 @@ def build_metrics(
         "pixel_images_left_out": history["left_out"],
         "timings": history["timings"],
         "relearned": history.get("relearned", []),
+        "pooled": history.get("pooled", {}),
         "calibration": {k: m.calibration_meta() for k, m in learner.methods.items()},
         "config": learner.cfg.model_dump(mode="json"),
     }
