@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from edge import signing
+from edge.geometry import Geometry
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -157,6 +158,14 @@ class Bundle:
     @property
     def tasks(self) -> list[str]:
         return list(self.manifest["tasks"])
+
+    @property
+    def geometry(self) -> dict[str, Any]:
+        """How frames become model inputs (manifest `geometry`, see edge/geometry.py).
+
+        A bundle without the key was exported before geometries existed: it resizes.
+        """
+        return Geometry.from_dict(self.manifest.get("geometry"), self.input_hw).as_dict()
 
     @property
     def threshold(self) -> float:
@@ -347,6 +356,28 @@ def _check_keys(manifest: dict[str, Any], path: Path) -> None:
         raise BundleError("keys", f"golden must carry {list(gneed)}", path)
     if not manifest.get("bank_only") and MODEL_NAME not in manifest["files"]:
         raise BundleError("keys", f"a full bundle must list {MODEL_NAME} in files", path)
+    _check_geometry(manifest, path)
+
+
+def _check_geometry(manifest: dict[str, Any], path: Path) -> None:
+    """Optional `geometry`: a known mode, tiles of the input size, a batch that holds a frame's tiles."""
+    doc = manifest.get("geometry")
+    if doc is None:
+        return
+    hw = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("must be an object")
+        geometry = Geometry.from_dict(doc, hw)
+        tiles = geometry.tiles_per_frame()
+    except (TypeError, ValueError) as e:
+        raise BundleError("keys", f"geometry {doc!r}: {e}", path) from e
+    if geometry.tile_hw != hw:
+        raise BundleError("keys", f"geometry tile {geometry.tile_hw} is not the input size {hw}", path)
+    if tiles is not None and tiles > int(manifest["input"]["max_batch"]):
+        raise BundleError(
+            "keys", f"a frame has {tiles} tiles but input.max_batch is {manifest['input']['max_batch']}", path
+        )
 
 
 def _check_files(manifest: dict[str, Any], root: Path, path: Path) -> None:

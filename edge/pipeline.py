@@ -4,8 +4,11 @@ Stages run concurrently and hand over through bounded queues with an explicit fu
 stage never stalls the camera (live sources drop the oldest frame, counted) and memory stays flat.
 The inference thread micro-batches across cameras and preprocesses with one ``cv2.resize`` per
 frame straight into a preallocated batch buffer (plus an in-place BGR->RGB swap in that buffer),
-which is reused for every batch. The postprocess thread turns maps into regions and payloads and
-writes them to the outbox, from which each camera's MQTT link delivers them in order.
+which is reused for every batch. Bundles with a ``tile`` or ``letterbox`` geometry are scored frame
+by frame instead (``edge/tiling.py``): the frame's tiles, cut into a reused buffer, are one batch and
+their maps are stitched into a map at the frame's resolution. The postprocess thread turns maps into
+regions and payloads and writes them to the outbox, from which each camera's MQTT link delivers them
+in order.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from edge.outbox import FrameIds, Outbox
 from edge.postprocess import find_regions, overlay_jpeg
 from edge.queues import BoundedQueue, Closed
 from edge.sources import CameraSource, Frame
+from edge.tiling import FrameScorer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,7 @@ class InferenceWorker:
         for cam in cameras:
             cam.attach_signal(self.signal)
         self._buffer: np.ndarray | None = None
+        self._scorer: tuple[LoadedModel, FrameScorer | None] | None = None
         self._rr = 0
         self.batches = 0
         self.errors = 0
@@ -195,7 +200,41 @@ class InferenceWorker:
         finally:
             self.results.close()
 
+    def _frame_scorer(self, model: LoadedModel) -> FrameScorer | None:
+        """The whole-frame scorer of a tile/letterbox model (None for resize), kept per model."""
+        if self._scorer is None or self._scorer[0] is not model:
+            framed = model.bundle.geometry["mode"] != "resize"
+            self._scorer = (model, FrameScorer(model.bundle, model.backend) if framed else None)
+        return self._scorer[1]
+
+    def _infer_frames(self, model: LoadedModel, scorer: FrameScorer, batch: list[Frame]) -> None:
+        """Tile/letterbox geometry: each frame's tiles are one batch; the map comes back at frame size."""
+        for frame in batch:
+            t_start = time.perf_counter()
+            try:
+                out = scorer.score(frame.image)
+            except Exception as exc:
+                self.errors += 1
+                log.error(
+                    "inference failed; frame skipped", extra={"error": str(exc), "camera": frame.camera}
+                )
+                time.sleep(0.05)
+                continue
+            scored = Scored(
+                frame, out.anomaly_map, out.score, out.task, model,
+                queue_ms=max(0.0, (t_start - frame.t_captured) * 1000.0),
+                preprocess_ms=out.cut_ms + out.stitch_ms, infer_ms=out.infer_ms,
+            )  # fmt: skip
+            if not self.results.put(scored):
+                log.warning("result dropped: result queue full", extra={"camera": frame.camera})
+        self.batches += 1
+        self.last_progress = time.monotonic()
+
     def _infer(self, model: LoadedModel, batch: list[Frame], size: int) -> None:
+        scorer = self._frame_scorer(model)
+        if scorer is not None:
+            self._infer_frames(model, scorer, batch)
+            return
         buf = self._buffer_for(model, size)
         h, w = model.bundle.input_hw
         t_start = time.perf_counter()

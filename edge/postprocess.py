@@ -2,7 +2,8 @@
 
 The model works at its own resolution (e.g. 256x256); operators look at the camera's frame. So every
 bbox and area is mapped back to the ORIGINAL frame's pixel coordinates here, once, and nobody
-downstream has to know the model's input size.
+downstream has to know the model's input size. Tile and letterbox bundles (``edge/tiling.py``) hand
+over a map already stitched at the frame's resolution; the mapping is then the identity.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def overlay_jpeg(
     """The frame with the anomaly map as a JET heatmap blended on top, JPEG-encoded."""
     fh, fw = frame_bgr.shape[:2]
     heat = np.clip(anomaly_map * 255.0, 0, 255).astype(np.uint8)
-    heat = cv2.resize(heat, (fw, fh), interpolation=cv2.INTER_LINEAR)
+    if heat.shape != (fh, fw):  # a stitched full-frame map needs no resize
+        heat = cv2.resize(heat, (fw, fh), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     blended = cv2.addWeighted(frame_bgr, 1.0 - alpha, colour, alpha, 0.0)
     ok, buf = cv2.imencode(".jpg", blended, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])

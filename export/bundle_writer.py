@@ -52,6 +52,7 @@ from edge.bundle import (
     read_manifest,
     sha256_file,
 )
+from edge.geometry import Geometry
 from export.checks import CheckLimits, StaticReport, run_static_checks
 from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx
 from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
@@ -77,6 +78,8 @@ class BundleInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     golden_source: str = "caller"
+    # How frames become model inputs (edge/geometry.py): None = resize, the original behaviour.
+    geometry: dict[str, Any] | None = None
 
 
 @dataclass
@@ -264,6 +267,18 @@ def _resolve_base(
 # --------------------------------------------------------------------------- writer
 
 
+def _tiles_per_frame(info: BundleInfo, input_hw: tuple[int, int]) -> int:
+    """Model inputs per frame of the known size (1 for resize/letterbox): one frame is one batch."""
+    try:
+        geometry = Geometry.from_dict(info.geometry, tuple(input_hw))
+        tiles = geometry.tiles_per_frame()
+    except ValueError as e:
+        raise ExportError(f"bad geometry {info.geometry}: {e}") from e
+    if geometry.tile_hw != tuple(input_hw):
+        raise ExportError(f"geometry tile {geometry.tile_hw} is not the graph's input size {tuple(input_hw)}")
+    return tiles or 1
+
+
 def write_bundle(
     graph: ScoringGraph,
     out: str | os.PathLike[str],
@@ -291,6 +306,10 @@ def write_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     if max_batch < 1:
         raise ExportError("max_batch must be >= 1")
+    tiles = _tiles_per_frame(info, graph.input_hw)
+    if tiles > max_batch:  # the exporter sets the batch from the geometry
+        log.info("max_batch raised from %d to %d: every tile of a frame in one batch", max_batch, tiles)
+        max_batch = tiles
     golden = _check_golden_inputs(golden_inputs, graph.input_hw)
     key_path = Path(sign_key) if sign_key else None
     key = signing.load_key(key_path) if key_path else None
@@ -304,6 +323,10 @@ def write_bundle(
             raise ExportError("a bank-only refresh must not overwrite its own base bundle")
         if base_bundle.input_hw != tuple(graph.input_hw):
             raise ExportError(f"input size {graph.input_hw} differs from the base's {base_bundle.input_hw}")
+        if base_bundle.max_batch < tiles:
+            raise ExportError(
+                f"a frame has {tiles} tiles; the base graph takes batches of {base_bundle.max_batch}"
+            )
         if _data_signature(base_bundle.data_inputs) != _data_signature(graph.data_inputs):
             raise ExportError(
                 "data inputs changed shape or dtype since the base bundle "
@@ -454,6 +477,7 @@ def _build(
         },
         "outputs": {"anomaly_map": [BATCH_DIM, int(h), int(w)], "score": [BATCH_DIM], "task": [BATCH_DIM]},
         "output_dtypes": dict(zip(OUTPUT_NAMES, ("float32", "float32", "int64"), strict=True)),
+        "geometry": Geometry.from_dict(info.geometry, (int(h), int(w))).as_dict(),
         "data_inputs": data_entries,
         "threshold": 0.5,
         "calibration": info.calibration,

@@ -52,11 +52,17 @@ def _task_samples(spec: str, task: str) -> Any | None:
 
 
 def golden_from_data(
-    sources: dict[str, str], tasks: list[str], input_hw: tuple[int, int], n: int = 4
+    sources: dict[str, str],
+    tasks: list[str],
+    input_hw: tuple[int, int],
+    n: int = 4,
+    geometry: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
     """Up to `n` real test frames: a defect and a good image per task, tasks in turn.
 
-    Returns (frames or None, image counts per task) — the counts go into provenance.
+    With a tile or letterbox `geometry` they are real model inputs: the frame's middle tile
+    (or its letterboxed picture). Returns (frames or None, image counts per task) — the counts
+    go into provenance.
     """
     from trainer.data import read_images
 
@@ -78,7 +84,19 @@ def golden_from_data(
                 picks.append(paths[rank])
     if not picks:
         return None, counts
+    if geometry is not None and geometry.get("mode", "resize") != "resize":
+        return _golden_tiles(picks, geometry, input_hw), counts
     return read_images(picks, input_hw), counts
+
+
+def _golden_tiles(paths: list[Path], geometry: dict[str, Any], input_hw: tuple[int, int]) -> np.ndarray:
+    from trainer.data import image_size, read_images
+    from trainer.geometry import Geometry
+
+    g = Geometry.from_dict(geometry, input_hw)
+    frames = read_images(paths, g.frame_hw or image_size(paths[0]))
+    plan = g.plan(frames.shape[1:3])
+    return np.stack([plan.cut(f)[plan.n // 2] for f in frames])
 
 
 def synthetic_golden(input_hw: tuple[int, int], n: int = 3, seed: int = 0) -> np.ndarray:
@@ -114,7 +132,8 @@ def load_run_for_export(
         method, tasks = learner.methods["main"], list(learner.tasks)
     graph = method.scoring_graph()
     sources: dict[str, str] = dict(history.get("sources", {}))
-    frames, counts = golden_from_data(sources, tasks, tuple(graph.input_hw), n_golden)
+    geometry = cfg.geometry_manifest()
+    frames, counts = golden_from_data(sources, tasks, tuple(graph.input_hw), n_golden, geometry)
     golden_source = "test images of " + ", ".join(tasks)
     if frames is None:
         frames = synthetic_golden(tuple(graph.input_hw))
@@ -136,5 +155,6 @@ def load_run_for_export(
         },
         metrics=_metrics(run_dir),
         golden_source=golden_source,
+        geometry=geometry,
     )
     return RunExport(graph, info, frames)

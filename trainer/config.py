@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if sys.version_info >= (3, 11):
@@ -87,6 +87,30 @@ class STFPMConfig(BaseModel):
     replay: ReplayConfig = ReplayConfig()
 
 
+class GeometryConfig(BaseModel):
+    """How a camera frame becomes model inputs (trainer/geometry.py). The model input, and so the
+    tile, size is `image_size`. Saved with the run and written to the bundle manifest (`geometry`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["resize", "letterbox", "tile"] = Field(
+        "resize",
+        description="resize: squeeze to image_size; letterbox: keep aspect, pad; tile: grid of tiles",
+    )
+    overlap: int = Field(0, ge=0, description="tile: px shared by neighbouring tiles (at the working scale)")
+    scale: float = Field(
+        1.0, gt=0, le=8, description="tile: frames are rescaled by this before tiling (1 = native)"
+    )
+    frame_size: tuple[int, int] | None = Field(
+        None,
+        description="(H, W) of the camera frames; images are brought to it (learnt from the data when unset)",
+    )
+    margin: int = Field(
+        0,
+        ge=0,
+        description="tile: px of mirrored frame around the frame, so its border is seen from inside a tile",
+    )
+
+
 class TrainConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="forbid"
@@ -111,6 +135,7 @@ class TrainConfig(BaseSettings):
     padim: PadimConfig = PadimConfig()
     efficientad: EfficientADConfig = EfficientADConfig()
     stfpm: STFPMConfig = STFPMConfig()
+    geometry: GeometryConfig = GeometryConfig()
 
     @field_validator("image_size")
     @classmethod
@@ -118,6 +143,34 @@ class TrainConfig(BaseSettings):
         if min(v) < 32 or v[0] % 8 or v[1] % 8:
             raise ValueError("image_size must be (H, W), each >= 32 and a multiple of 8")
         return v
+
+    @model_validator(mode="after")
+    def _geometry(self) -> TrainConfig:
+        g, tile = self.geometry, self.image_size
+        if g.overlap >= min(tile):
+            raise ValueError(
+                f"geometry.overlap {g.overlap} must be smaller than the tile (image_size {tile})"
+            )
+        if g.mode == "tile" and g.frame_size is not None:
+            work = (round(g.frame_size[0] * g.scale), round(g.frame_size[1] * g.scale))
+            if work[0] + 2 * g.margin < tile[0] or work[1] + 2 * g.margin < tile[1] or g.margin >= min(work):
+                raise ValueError(
+                    f"geometry: frame_size {g.frame_size} x scale {g.scale} = {work} (margin {g.margin}) "
+                    f"does not fit tiles of {tile}"
+                )
+        return self
+
+    def geometry_manifest(self) -> dict[str, Any]:
+        """The `geometry` record of the run and the bundle manifest (tile = image_size)."""
+        g = self.geometry
+        return {
+            "mode": g.mode,
+            "tile": list(self.image_size),
+            "overlap": g.overlap,
+            "scale": g.scale,
+            "frame_size": list(g.frame_size) if g.frame_size else None,
+            "margin": g.margin,
+        }
 
     @classmethod
     def settings_customise_sources(

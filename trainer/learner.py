@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainer.config import TrainConfig
+from trainer.geometry import Geometry
 from trainer.methods.base import Method, Prediction
 from trainer.methods.registry import create_method, method_class
 
@@ -21,7 +22,12 @@ PROTOCOL_STRATEGIES = ("joint", "single")
 
 @dataclass
 class TaskData:
-    """One task's pixels at model resolution; `val` is held out of `train` for calibration."""
+    """One task's pixels; `val` is held out of `train` for calibration.
+
+    At model resolution for the `resize` geometry; at frame resolution (the geometry's frame size)
+    for `letterbox` and `tile`, where the learner cuts the model inputs and predictions are
+    stitched back to the frame, so masks and metrics stay at full resolution.
+    """
 
     name: str
     spec: str
@@ -51,27 +57,49 @@ class Learner:
     def protocol_level(self) -> bool:
         return self.cfg.strategy in PROTOCOL_STRATEGIES
 
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.from_dict(self.cfg.geometry_manifest())
+
     def new_method(self) -> Method:
         inner = method_class(self.cfg.method).strategies[0] if self.protocol_level else self.cfg.strategy
-        return create_method(self.cfg.method, inner, **self.cfg.method_kwargs())
+        method = create_method(self.cfg.method, inner, **self.cfg.method_kwargs())
+        if self.geometry.framed:  # predict/calibrate cut frames and stitch maps (methods/common.py)
+            method.geometry = self.geometry
+        return method
+
+    def _inputs(self, frames: np.ndarray) -> np.ndarray:
+        """Training inputs: the frames themselves (resize), else every tile of every frame."""
+        geometry = self.geometry
+        return geometry.cut_many(frames) if geometry.framed else frames
+
+    def _note_frame_size(self, task: TaskData) -> None:
+        """Record the frame size in the config on first sight, so later tasks and the bundle agree."""
+        g = self.cfg.geometry
+        if g.mode != "resize" and g.frame_size is None:
+            hw = (int(task.train.shape[1]), int(task.train.shape[2]))
+            self.cfg = self.cfg.model_copy(update={"geometry": g.model_copy(update={"frame_size": hw})})
+            for m in self.methods.values():
+                m.geometry = self.geometry
 
     def learn(self, task: TaskData, seen: dict[str, TaskData]) -> None:
         """One continual step. `seen` holds every task so far, the new one included (joint needs them)."""
         strategy = self.cfg.strategy
+        self._note_frame_size(task)
         if strategy == "single":
             m = self.new_method()
-            m.fit_task(task.name, task.train)
+            m.fit_task(task.name, self._inputs(task.train))
             m.calibrate({task.name: task.val})
             self.methods[task.name] = m
         elif strategy == "joint":
             m = self.new_method()
             name = "+".join(seen)
-            m.fit_task(name, np.concatenate([d.train for d in seen.values()]))
+            m.fit_task(name, self._inputs(np.concatenate([d.train for d in seen.values()])))
             m.calibrate({name: np.concatenate([d.val for d in seen.values()])})
             self.methods = {"main": m}
         else:
             m = self.methods.get("main") or self.new_method()
-            m.fit_task(task.name, task.train)
+            m.fit_task(task.name, self._inputs(task.train))
             m.calibrate({name: d.val for name, d in seen.items()})
             self.methods["main"] = m
         if task.name not in self.tasks:

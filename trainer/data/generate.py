@@ -7,7 +7,7 @@ defects are drawn with exact masks (``defects.py``). Used by the tests, the demo
     python -m trainer.data.generate --video line.avi --tasks brick --frames 60 --defect-every 5
 
 Sizes are (W, H) or one int; ``defect_scale`` shrinks or grows defects (e.g. 2048x1536 frames with
-3-15 px defects: ``--size 2048x1536 --defect-scale 0.05``).
+3-15 px defects: ``--size 2048x1536 --defect-scale 0.025``; 0.05 at 1024x768).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.geometry import Geometry, combine_tasks
 from trainer.methods.base import Prediction, ScoringGraph
 
 
@@ -41,10 +42,18 @@ class TorchMethodMixin:
 
     batch_size: int = 4
     quantile: float = 0.99
+    # Set by the learner for the letterbox and tile geometries: `predict` and `raw_scores` then take
+    # whole frames, cut them into model inputs and stitch the maps back to the frame (geometry.py).
+    geometry: Geometry | None = None
+
+    def _framed(self) -> bool:
+        return self.geometry is not None and self.geometry.framed
 
     def predict(self, images: np.ndarray) -> Prediction:
         graph = self.scoring_graph()
         inputs = [torch.from_numpy(np.ascontiguousarray(a)) for a in graph.data_inputs.values()]
+        if self._framed():
+            return self._predict_frames(graph, inputs, images)
         maps, scores, tasks = [], [], []
         with torch.inference_mode():
             for frames in batches(images, self.batch_size):
@@ -56,8 +65,36 @@ class TorchMethodMixin:
             np.concatenate(maps), np.concatenate(scores), np.concatenate(tasks).astype(np.int64)
         )
 
+    def _predict_frames(
+        self, graph: ScoringGraph, inputs: list[torch.Tensor], images: np.ndarray
+    ) -> Prediction:
+        """Whole frames: the graph scores each frame's tiles; maps are stitched, score = max of the map."""
+        maps, scores, tasks = [], [], []
+        with torch.inference_mode():
+            for frame in images:
+                plan = self.geometry.plan(frame.shape[:2])
+                tiles = plan.cut(frame)
+                parts = [graph.module(t, *inputs) for t in batches(tiles, self.batch_size)]
+                full = plan.stitch(torch.cat([p[0] for p in parts]).numpy())
+                maps.append(full)
+                scores.append(np.float32(full.max()))
+                tasks.append(combine_tasks(torch.cat([p[2] for p in parts]).numpy()))
+        return Prediction(np.stack(maps), np.array(scores, np.float32), np.array(tasks, np.int64))
+
     def raw_scores(self, images: np.ndarray, slot: int) -> np.ndarray:
-        """Image scores (max of the raw map) on one slot, bypassing task inference."""
+        """Image scores (max of the raw map) on one slot, bypassing task inference.
+
+        Framed geometries score the max of the stitched raw map of each whole frame, so the
+        threshold is set per frame, which is what the line decides on.
+        """
+        if self._framed():
+            out = []
+            with torch.inference_mode():
+                for frame in images:
+                    plan = self.geometry.plan(frame.shape[:2])
+                    raw = [self._raw_map(t, slot) for t in batches(plan.cut(frame), self.batch_size)]
+                    out.append(plan.stitch(torch.cat(raw).numpy()).max())
+            return np.asarray(out, dtype=np.float64)
         out = []
         with torch.inference_mode():
             for frames in batches(images, self.batch_size):
