@@ -146,16 +146,24 @@ def measure(bundle_dir: Path, frames: list[np.ndarray], n: int, threads: int) ->
         }
         print(f"  {name:28s} {tiles:3d} tiles  {med:9.1f} ms/frame  {1000 / med:7.3f} fps", flush=True)
     backend.close()
-    xs = np.array([v["tiles_per_frame"] for v in out.values()], dtype=np.float64)
-    ys = np.array([v["frame_ms"]["median"] for v in out.values()], dtype=np.float64)
+    out["growth"] = growth(out)
+    return out
+
+
+def growth(per_geometry: dict[str, Any]) -> dict[str, Any]:
+    """Least-squares ``median frame ms = fixed + per_tile * tiles`` over the one-batch geometries."""
+    rows = [v for k, v in per_geometry.items() if k != "growth"]
+    single = [v for v in rows if v["batches_per_frame"] == 1]
+    xs = np.array([v["tiles_per_frame"] for v in single], dtype=np.float64)
+    ys = np.array([v["frame_ms"]["median"] for v in single], dtype=np.float64)
     slope, intercept = np.polyfit(xs, ys, 1)
-    out["growth"] = {
-        "model": "median frame ms = fixed + per_tile * tiles (least squares over the geometries above)",
+    return {
+        "model": "median frame ms = fixed + per_tile * tiles, fitted over the geometries run as one batch",
         "per_tile_ms": round(float(slope), 3),
         "fixed_ms": round(float(intercept), 3),
-        "points": [[int(x), float(y)] for x, y in zip(xs, ys, strict=True)],
+        "points": [[v["tiles_per_frame"], v["frame_ms"]["median"], v["batches_per_frame"]] for v in rows],
+        "points_columns": ["tiles", "median_frame_ms", "batches"],
     }
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
