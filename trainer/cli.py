@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="write synthetic MVTec-layout tasks (see trainer.data.generate)")
     gen.add_argument("args", nargs=argparse.REMAINDER)
+
+    from trainer.methods.efficientad.distill import add_arguments as add_distill_arguments
+
+    dist = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher offline, cached")
+    add_distill_arguments(dist)
     return p
 
 
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.data.generate import main as generate_main
 
             return generate_main(args.args)
+        if args.command == "distill-teacher":
+            from trainer.methods.efficientad.distill import run as distill_run
+
+            return distill_run(args)
         if args.command == "fit":
             cfg = load_config(
                 args.config,

@@ -52,6 +52,7 @@ class EfficientADConfig(BaseModel):
     size: Literal["s", "m"] = "s"
     out_channels: int = Field(384, gt=0)
     width: float = Field(1.0, gt=0, description="PDN hidden-channel multiplier (1.0 = published)")
+    padding: bool = Field(False, description="padded PDN: the map covers the border (not published)")
     teacher: Path | None = Field(None, description="distilled teacher file (linewatch-train distill-teacher)")
     teacher_cache: Path | None = Field(None, description="where distilled teachers are cached")
     distill_steps: int = Field(10_000, gt=0)
@@ -67,7 +68,7 @@ class EfficientADConfig(BaseModel):
     map_quantiles: tuple[float, float] = (0.9, 0.995)
     eval_every: int = Field(100, gt=0)
     patience: int = Field(5, ge=0, description="evaluations without improvement before stopping (0: never)")
-    holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out for early stopping")
+    holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out to stop early")
     device: str = "cpu"
     replay: ReplayConfig = ReplayConfig()
 

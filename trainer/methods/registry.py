@@ -17,10 +17,12 @@ def register(cls: type) -> type:
 def _ensure_loaded() -> None:
     if _METHODS:
         return
+    from trainer.methods.efficientad.method import EfficientAD
     from trainer.methods.padim.method import PaDiM
     from trainer.methods.patchcore.method import PatchCore
+    from trainer.methods.stfpm.method import STFPM
 
-    for cls in (PatchCore, PaDiM):
+    for cls in (PatchCore, PaDiM, EfficientAD, STFPM):
         register(cls)
 
 

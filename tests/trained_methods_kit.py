@@ -1,0 +1,198 @@
+"""Shared by the trained-method tests (EfficientAD, STFPM): data, teacher and fitted runs, made once.
+
+tests/trainer/methods, tests/export and tests/edge all need the same small runs, and
+training is the expensive part, so they are made lazily, once per pytest process,
+under pytest's base temp dir, and reused by every test file that asks.
+
+Why these sizes: the suite runs on 2 shared CPU cores. 64 px images, 30 train images
+per task, a PDN at 1/8 width with 32 output channels (padded, so the 64 px map covers
+the border), a teacher distilled for 300 steps on a fixed pool of 128 generic views,
+and 100 (EfficientAD) or 40 (STFPM) steps per task. The published sizes are the
+config defaults; these are test settings.
+
+The three tasks are generated from scikit-image photographs where the features work
+(brick, moon, cell). The EfficientAD penalty images are other photographs, so no
+task's own source is penalised as "generic".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TASKS = ("brick", "moon", "cell")
+REPLAY_SIZE = 48  # below the 3 x 26 training images, so older shares really shrink (24+24, then 16 each)
+HW = (64, 64)
+PENALTY_SOURCES = [
+    "astronaut",
+    "rocket",
+    "coins",
+    "chelsea",
+    "clock",
+    "hubble_deep_field",
+    "immunohistochemistry",
+]
+
+
+def limit_threads() -> None:
+    """At most 2 torch threads (the CI box has 2 cores); a lower OMP_NUM_THREADS is respected."""
+    import torch
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def teacher_config():  # -> DistillConfig
+    from trainer.methods.efficientad.distill import DistillConfig
+
+    return DistillConfig(
+        size="s",
+        out_channels=32,
+        width=0.125,
+        padding=True,
+        input_hw=(48, 48),
+        steps=300,
+        batch_size=8,
+        lr=1e-3,
+        pool=128,
+    )
+
+
+def train_config(method: str, strategy: str, teacher: Path | None = None, **overrides: Any):  # -> TrainConfig
+    """The test config of one method and strategy; `overrides` go into the method's section."""
+    from trainer.config import EfficientADConfig, STFPMConfig, TrainConfig
+
+    image_size = overrides.pop("image_size", HW)
+    if method == "efficientad":
+        section = {
+            "efficientad": EfficientADConfig(
+                **{
+                    "width": 0.125,
+                    "out_channels": 32,
+                    "padding": True,
+                    "teacher": teacher,
+                    "steps": 100,
+                    "lr": 1e-3,
+                    "hard_quantile": 0.99,
+                    "eval_every": 10,
+                    "patience": 0,
+                    "penalty_sources": PENALTY_SOURCES,
+                    "replay": {"size": REPLAY_SIZE},
+                    **overrides,
+                }
+            )
+        }
+    else:
+        section = {
+            "stfpm": STFPMConfig(
+                **{
+                    "steps": 40,
+                    "optimizer": "adam",
+                    "lr": 1e-3,
+                    "eval_every": 10,
+                    "patience": 0,
+                    "replay": {"size": REPLAY_SIZE},
+                    **overrides,
+                }
+            )
+        }
+    return TrainConfig(
+        method=method,
+        strategy=strategy,
+        image_size=image_size,
+        progress=False,
+        report=False,
+        min_val=4,
+        **section,
+    )
+
+
+@dataclass
+class TrainedKit:
+    base: Path
+    _data: Path | None = None
+    _teacher: Path | None = None
+    runs: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = field(default_factory=dict)
+    bundles: dict[str, Path] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    _keys: tuple[Path, Path] | None = None
+
+    def data(self) -> Path:
+        if self._data is None:
+            from trainer.data.generate import generate_dataset
+
+            root = self.base / "data"
+            generate_dataset(
+                root, list(TASKS), n_train=30, n_test_good=10, n_test_defect=10, size=HW[0], seed=0
+            )
+            self._data = root
+        return self._data
+
+    @property
+    def spec(self) -> str:
+        return f"mvtec:{self.data()}"
+
+    def teacher(self) -> Path:
+        if self._teacher is None:
+            from trainer.methods.efficientad.distill import cached_teacher
+
+            t0 = time.perf_counter()
+            self._teacher = cached_teacher(teacher_config(), self.base / "teachers", progress=False)
+            self.seconds["distill-teacher"] = time.perf_counter() - t0
+        return self._teacher
+
+    def run(self, method: str, strategy: str) -> tuple[Path, dict[str, Any]]:
+        """(run dir, metrics.json) of `method` under `strategy` on the three tasks."""
+        key = (method, strategy)
+        if key not in self.runs:
+            from trainer.protocol import fit
+
+            teacher = self.teacher() if method == "efficientad" else None
+            out = self.base / f"run-{method}-{strategy}"
+            t0 = time.perf_counter()
+            metrics = fit(
+                train_config(method, strategy, teacher), self.spec, list(TASKS), out, log=lambda _m: None
+            )
+            self.seconds[f"{method}-{strategy}"] = time.perf_counter() - t0
+            assert json.loads((out / "metrics.json").read_text())["final"] == metrics["final"]
+            self.runs[key] = (out, metrics)
+        return self.runs[key]
+
+    def keys(self) -> tuple[Path, Path]:
+        """(private, public) Ed25519 signing keys."""
+        if self._keys is None:
+            from edge.signing import generate_keypair
+
+            self._keys = generate_keypair(self.base / "keys")
+        return self._keys
+
+    def bundle(self, method: str) -> Path:
+        """The replay run exported by the real `linewatch-export` command, signed; once per method."""
+        if method not in self.bundles:
+            from export.cli import main as export_main
+
+            run_dir, _ = self.run(method, "replay")
+            out = self.base / "store" / f"{method}-v1"
+            args = ["--run", str(run_dir), "--out", str(out), "--sign-key", str(self.keys()[0])]
+            t0 = time.perf_counter()
+            assert export_main([*args, "--max-batch", "4"]) == 0
+            self.seconds[f"{method}-export"] = time.perf_counter() - t0
+            self.bundles[method] = out
+        return self.bundles[method]
+
+
+_KITS: dict[str, TrainedKit] = {}
+
+
+def get_kit(tmp_path_factory: pytest.TempPathFactory) -> TrainedKit:
+    """The process-wide kit (one per pytest base temp dir)."""
+    limit_threads()
+    base = tmp_path_factory.getbasetemp() / "trained-methods-kit"
+    if str(base) not in _KITS:
+        base.mkdir(parents=True, exist_ok=True)
+        _KITS[str(base)] = TrainedKit(base)
+    return _KITS[str(base)]

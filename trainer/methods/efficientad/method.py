@@ -1,0 +1,318 @@
+"""EfficientAD (S or M) with continual learning by replay.
+
+Training follows the paper: the student (twice the teacher's channels) learns the
+teacher's features with the hard-feature loss (only element-wise errors above their
+0.999 quantile count) plus a penalty that keeps it from imitating the teacher on
+generic "pretraining" images; the autoencoder learns the teacher's features of
+augmented images through a 64-channel bottleneck, and the student's second half
+learns the autoencoder. Adam (1e-4, weight decay 1e-5), learning rate x0.1 at 95%.
+
+Departures, and why:
+- the teacher is distilled offline from the default backbone (`distill.py`), and its
+  output normalisation is computed once on generic images, not per task: a continual
+  student needs targets that do not move when a task arrives;
+- a batch is `batch_size` current images (+ `replay.batch` replayed ones) instead of
+  one image, and training stops early on held-out good images (mean of the three
+  training distances), keeping the best weights;
+- the map quantiles q_a/q_b are taken on the calibration images of every task seen
+  (one shared slot), over the PDN grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from trainer.backbones import DEFAULT_BACKBONE
+from trainer.methods.common import TorchMethodMixin, batches
+from trainer.methods.efficientad.distill import (
+    DistillConfig,
+    TeacherError,
+    cached_teacher,
+    load_teacher,
+    provenance,
+)
+from trainer.methods.efficientad.generic import generic_images, generic_sources
+from trainer.methods.efficientad.model import EfficientADModel
+from trainer.methods.replay import ReplayTrainingMixin
+
+
+def augment(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """The paper's autoencoder augmentation: brightness, contrast or saturation x U(0.8, 1.2).
+
+    uint8 NHWC -> float NCHW in [0, 255].
+    """
+    x = frames.permute(0, 3, 1, 2).float()
+    n = x.shape[0]
+    kind = torch.from_numpy(rng.integers(3, size=n)).to(x.device).view(n, 1, 1, 1)
+    f = torch.from_numpy(rng.uniform(0.8, 1.2, size=n).astype(np.float32)).to(x.device).view(n, 1, 1, 1)
+    gray = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]).expand_as(x)
+    bright = x * f
+    contrast = (x - gray.mean(dim=(1, 2, 3), keepdim=True)) * f + gray.mean(dim=(1, 2, 3), keepdim=True)
+    sat = (x - gray) * f + gray
+    out = torch.where(kind == 0, bright, torch.where(kind == 1, contrast, sat))
+    return out.clamp(0.0, 255.0)
+
+
+def hard_feature_loss(sq_err: torch.Tensor, quantile: float) -> torch.Tensor:
+    """Mean of the element-wise errors at or above their `quantile` (the paper's L_hard).
+
+    Top-k instead of `torch.quantile`, which refuses tensors above 16M elements (a batch
+    of 16 published-size maps has 19M).
+    """
+    k = max(1, round(sq_err.numel() * (1.0 - quantile)))
+    return sq_err.flatten().topk(k).values.mean()
+
+
+class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
+    name: ClassVar[str] = "efficientad"
+    strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
+
+    def __init__(
+        self,
+        strategy: str = "replay",
+        backbone: str = DEFAULT_BACKBONE,
+        layers: tuple[int, ...] | None = None,
+        backbone_weights: Path | None = None,
+        input_hw: tuple[int, int] = (256, 256),
+        sigma: float = 4.0,
+        quantile: float = 0.99,
+        seed: int = 0,
+        progress: bool = True,
+        size: str = "s",
+        out_channels: int = 384,
+        width: float = 1.0,
+        padding: bool = False,
+        teacher: Path | str | None = None,
+        teacher_cache: Path | str | None = None,
+        distill_steps: int = 10_000,
+        distill_batch: int = 8,
+        steps: int = 10_000,
+        batch_size: int = 8,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        hard_quantile: float = 0.999,
+        penalty_batch: int = 4,
+        penalty_pool: int = 64,
+        penalty_sources: list[str] | None = None,
+        map_quantiles: tuple[float, float] = (0.9, 0.995),
+        eval_every: int = 100,
+        patience: int = 5,
+        holdout: float = 0.1,
+        device: str = "cpu",
+        replay: dict[str, Any] | None = None,
+    ):
+        if strategy not in self.strategies:
+            raise ValueError(f"efficientad strategy must be one of {self.strategies}, got {strategy!r}")
+        self.strategy = strategy
+        self.seed = seed
+        self.progress = progress
+        self.quantile = quantile
+        self.input_hw = tuple(input_hw)
+        self.device = torch.device(device)
+        self.config = {
+            "backbone": backbone,
+            "layers": list(layers) if layers else None,
+            "backbone_weights": str(backbone_weights) if backbone_weights else None,
+            "input_hw": list(input_hw),
+            "sigma": sigma,
+            "quantile": quantile,
+            "seed": seed,
+            "size": size,
+            "out_channels": out_channels,
+            "width": width,
+            "padding": padding,
+            "teacher": str(teacher) if teacher else None,
+            "distill_steps": distill_steps,
+            "distill_batch": distill_batch,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "hard_quantile": hard_quantile,
+            "penalty_batch": penalty_batch,
+            "penalty_pool": penalty_pool,
+            "penalty_sources": list(penalty_sources) if penalty_sources else None,
+            "map_quantiles": list(map_quantiles),
+        }
+        self.train_cfg = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "eval_every": eval_every,
+            "patience": patience,
+            "holdout": holdout,
+        }
+        self.teacher_cache = Path(teacher_cache) if teacher_cache else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = EfficientADModel(size, out_channels, width, self.input_hw, sigma, padding).eval()
+        self.quantiles = [0.0, 1.0, 0.0, 1.0]
+        self.teacher_info: dict[str, Any] | None = None
+        self._init_replay(replay)
+
+    # -- the teacher ----------------------------------------------------------------
+    def distill_config(self) -> DistillConfig:
+        c = self.config
+        return DistillConfig(
+            size=c["size"],
+            out_channels=c["out_channels"],
+            width=c["width"],
+            padding=c["padding"],
+            backbone=c["backbone"],
+            layers=tuple(c["layers"]) if c["layers"] else (2, 3, 4),
+            backbone_weights=c["backbone_weights"],
+            input_hw=self.input_hw,
+            steps=c["distill_steps"],
+            batch_size=c["distill_batch"],
+        )
+
+    def _ensure_teacher(self) -> None:
+        """Load the configured teacher file, or the cached distillation (distilling it if needed)."""
+        if self.teacher_info is not None:
+            return
+        if self.config["teacher"]:
+            path = Path(self.config["teacher"])
+        else:
+            path = cached_teacher(self.distill_config(), self.teacher_cache, progress=self.progress)
+        tensors, record = load_teacher(path)
+        want = {k: self.config[k] for k in ("size", "out_channels", "width", "padding")}
+        got = {k: record["config"].get(k) for k in want}
+        if got != want:
+            raise TeacherError(f"teacher {path} is a PDN {got}, this run needs {want}")
+        pdn_state = {k[4:]: v for k, v in tensors.items() if k.startswith("pdn.")}
+        self.model.teacher.load_state_dict(pdn_state)
+        self.model.teacher_mean.copy_(tensors["mean"])
+        self.model.teacher_std.copy_(tensors["std"])
+        self.teacher_info = provenance(path, record)
+
+    # -- training hooks ---------------------------------------------------------------
+    def _net(self) -> torch.nn.Module:
+        return self.model
+
+    def _begin_task(self, task: str, rng: np.random.Generator) -> None:
+        self._ensure_teacher()
+        c = self.config
+        params = [*self.model.student.parameters(), *self.model.autoencoder.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"], foreach=True)
+        decay_at = max(1, int(0.95 * self.train_cfg["steps"]))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, [decay_at], gamma=0.1)
+        sources = c["penalty_sources"] or generic_sources(exclude=[*self.tasks, task])
+        pool = generic_images(c["penalty_pool"], self.input_hw, rng, sources) if c["penalty_batch"] else None
+        self._penalty_pool = None if pool is None else torch.from_numpy(pool)
+
+    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        m, c = self.model.train(), self.model.out_channels
+        frames = frames.to(self.device)
+        x = m.input(frames)
+        with torch.no_grad():
+            t = m.teacher_features(x)
+        loss_hard = hard_feature_loss((t - m.student(x)[:, :c]) ** 2, self.config["hard_quantile"])
+        loss_penalty = torch.zeros((), device=self.device)
+        if self._penalty_pool is not None:
+            idx = rng.integers(len(self._penalty_pool), size=self.config["penalty_batch"])
+            generic = self._penalty_pool[torch.from_numpy(idx)].to(self.device)
+            loss_penalty = (m.student(m.input(generic))[:, :c] ** 2).mean()
+        xa = m.normalise_float(augment(frames, rng))
+        with torch.no_grad():
+            ta = m.teacher_features(xa)
+        ae = m.autoencoder(xa)
+        loss_ae = ((ta - ae) ** 2).mean()
+        loss_stae = ((ae - m.student(xa)[:, c:]) ** 2).mean()
+        loss = loss_hard + loss_penalty + loss_ae + loss_stae
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return {
+            "loss": float(loss.detach()),
+            "hard": float(loss_hard.detach()),
+            "ae": float(loss_ae.detach()),
+            "stae": float(loss_stae.detach()),
+        }
+
+    def _val_loss(self, images: np.ndarray) -> float:
+        m, c = self.model.eval(), self.model.out_channels
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for frames in batches(images, 8):
+                x = m.input(frames.to(self.device))
+                t, s, a = m.teacher_features(x), m.student(x), m.autoencoder(x)
+                per = (
+                    ((t - s[:, :c]) ** 2).mean(dim=(1, 2, 3))
+                    + ((t - a) ** 2).mean(dim=(1, 2, 3))
+                    + ((a - s[:, c:]) ** 2).mean(dim=(1, 2, 3))
+                )
+                total += float(per.sum())
+                n += len(frames)
+        return total / max(n, 1)
+
+    # -- calibration and scoring --------------------------------------------------------
+    def calibrate(self, val: dict[str, np.ndarray]) -> None:
+        """Map quantiles (q_a, q_b) of both maps on held-out good images, then the 0.5 threshold."""
+        images = [val[t] for t in self.slots[0] if t in val]
+        if not images:
+            raise ValueError(f"no held-out good images to calibrate tasks {self.slots[0]}")
+        pool = np.concatenate(images)
+        geometry = getattr(self, "geometry", None)  # letterbox/tile: whole frames -> model inputs
+        if geometry is not None and geometry.framed:
+            pool = geometry.cut_many(pool)
+        local, glob = [], []
+        with torch.inference_mode():
+            for frames in batches(pool, self.batch_size):
+                lo, gl = self.model.grid_maps(frames)
+                local.append(lo.flatten().numpy())
+                glob.append(gl.flatten().numpy())
+        qa, qb = self.config["map_quantiles"]
+        q = []
+        for values in (np.concatenate(local), np.concatenate(glob)):
+            lo_q, hi_q = np.quantile(values.astype(np.float64), [qa, qb])
+            q += [float(lo_q), float(max(hi_q, lo_q + 1e-6))]
+        self.quantiles = q
+        super().calibrate(val)
+
+    def _quantile_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.quantiles, dtype=torch.float32)
+
+    def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:
+        return self.model.raw_map(frames, self._quantile_tensor())
+
+    def scoring_graph(self):
+        return self._graph(self.model, {"quantiles": np.asarray(self.quantiles, dtype=np.float32)})
+
+    def calibration_meta(self) -> dict[str, Any]:
+        meta = super().calibration_meta()
+        qa, qb = self.config["map_quantiles"]
+        meta["map_quantiles"] = {
+            "q_a": qa,
+            "q_b": qb,
+            "local": self.quantiles[:2],
+            "global": self.quantiles[2:],
+        }
+        meta["teacher"] = self.teacher_info
+        return meta
+
+    # -- state ------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        replay_tensors, replay_meta = self._replay_state()
+        tensors.update(replay_tensors)
+        meta = {
+            "method": self.name,
+            "strategy": self.strategy,
+            "config": self.config,
+            "train": self.train_cfg,
+            "center": self.center,
+            "scale": self.scale,
+            "quantiles": self.quantiles,
+            "teacher": self.teacher_info,
+            **replay_meta,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        self.model.eval()
+        self.quantiles = [float(v) for v in meta["quantiles"]]
+        self.teacher_info = meta.get("teacher")
+        self._load_replay_state(tensors, meta)

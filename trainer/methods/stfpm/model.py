@@ -1,0 +1,68 @@
+"""STFPM's scoring module (Wang et al., BMVC 2021): a pretrained teacher, a student of the same shape.
+
+The student is trained from scratch to reproduce the teacher's L2-normalised features
+at three levels on good images only, so where it fails to (a defect it never saw)
+the per-level distance 0.5 * ||t/|t| - s/|s|||^2 is large.
+
+Anomaly map = product over levels of the per-level maps, each upsampled to the finest
+level's grid (bilinear), then upsampled to the input and smoothed (`MapHead`). The
+product is the paper's choice: a defect must disagree at every scale to score high,
+which suppresses one level's noise. (Upsampling to the finest grid before the
+product, not to the full image, gives the same map up to interpolation order and
+keeps the graph's largest tensors small.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.backbones import FeatureExtractor
+from trainer.methods.layers import FrameInput, MapHead, normalise
+
+
+def level_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) teacher and student features -> (B, h, w) 0.5 * squared distance of unit vectors."""
+    return 0.5 * ((F.normalize(t, dim=1) - F.normalize(s, dim=1)) ** 2).sum(dim=1)
+
+
+def stfpm_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over levels of the mean per-position distance (the paper's loss)."""
+    return sum(level_distance(t, s).mean() for t, s in zip(teacher, student, strict=True))
+
+
+class STFPMModel(nn.Module):
+    def __init__(
+        self, teacher: FeatureExtractor, student: nn.Module, input_hw: tuple[int, int], sigma: float = 4.0
+    ):
+        super().__init__()
+        self.input = FrameInput(teacher.mean, teacher.std)
+        self.teacher = teacher
+        self.student = student
+        self.head = MapHead(input_hw, sigma)
+
+    def features(self, frames: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        x = self.input(frames)
+        with torch.no_grad():
+            t = self.teacher(x)
+        return t, self.student(x)
+
+    def level_maps(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        t, s = self.features(frames)
+        return [level_distance(a, b) for a, b in zip(t, s, strict=True)]
+
+    def raw_map(self, frames: torch.Tensor) -> torch.Tensor:
+        maps = self.level_maps(frames)
+        size = maps[0].shape[-2:]
+        product = maps[0]
+        for m in maps[1:]:
+            up = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+            product = product * up
+        return self.head(product)
+
+    def forward(self, frames, center, scale):
+        raw = self.raw_map(frames)
+        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
+        anomaly_map, score = normalise(raw, task, center, scale)
+        return anomaly_map, score, task
