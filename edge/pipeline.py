@@ -189,12 +189,16 @@ class InferenceWorker:
     def _run(self) -> None:
         try:
             while True:
-                model = self.models.current()  # a swapped-in model takes effect here, between batches
-                size = max(1, min(self.cfg.batch.size, model.bundle.max_batch))
+                size = max(1, min(self.cfg.batch.size, self.models.current().bundle.max_batch))
                 batch = self._gather(size)
                 if batch is None:
                     return
-                self._infer(model, batch, size)
+                # Read the model after the (possibly long, idle) wait: a model swapped in while the
+                # line was idle must score the very next frame. Swaps still land between batches.
+                model = self.models.current()
+                step = max(1, min(size, model.bundle.max_batch))
+                for start in range(0, len(batch), step):
+                    self._infer(model, batch[start : start + step], step)
         except Exception:
             log.exception("inference thread crashed")
         finally:
