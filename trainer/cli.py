@@ -85,14 +85,17 @@ def _print_table(metrics: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    # `generate` passes its own options through to trainer.data.generate.
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "generate":
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     from trainer import protocol
 
     try:
         if args.command == "generate":
             from trainer.data.generate import main as generate_main
 
-            return generate_main(args.args)
+            return generate_main([*extra, *args.args])
         if args.command == "distill-teacher":
             from trainer.methods.efficientad.distill import run as distill_run
 
