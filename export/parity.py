@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge.bundle import GoldenReport
 from trainer.methods.base import ScoringGraph
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # maps (N,H,W), scores (N,), tasks (N,)
@@ -67,34 +68,16 @@ def ort_infer(
 
 
 @dataclass
-class ParityReport:
-    """Largest differences between two backends on the same frames."""
+class ParityReport(GoldenReport):
+    """Largest differences between two backends on the same frames.
 
-    n: int
-    max_score_error: float
-    max_map_error: float
-    task_mismatches: int
-    atol_score: float
-    atol_map: float
+    The edge's golden report with a stricter verdict: at export time the task each frame
+    is routed to must agree too, while the box only needs the outputs within tolerance.
+    """
 
     @property
     def ok(self) -> bool:
-        return (
-            self.max_score_error <= self.atol_score
-            and self.max_map_error <= self.atol_map
-            and self.task_mismatches == 0
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "max_score_error": self.max_score_error,
-            "max_map_error": self.max_map_error,
-            "task_mismatches": self.task_mismatches,
-            "atol_score": self.atol_score,
-            "atol_map": self.atol_map,
-            "ok": self.ok,
-        }
+        return super().ok and self.task_mismatches == 0
 
     def __str__(self) -> str:
         return (
