@@ -36,6 +36,7 @@ bench: venv
 	$(VPY) benchmarks/coreset_speed.py
 	$(VPY) benchmarks/export_latency.py
 	$(VPY) benchmarks/edge_throughput.py
+	$(VPY) benchmarks/method_latency.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -183,6 +183,21 @@ class Bundle:
         return str(self.manifest["files"][MODEL_NAME])
 
     @property
+    def structure_sha256(self) -> str | None:
+        """Hash of the graph without its weight values (None for bundles older than refit)."""
+        if self.base is not None:
+            return self.base.structure_sha256
+        refit = self.manifest.get("refit") or {}
+        return str(refit["structure_sha256"]) if refit.get("structure_sha256") else None
+
+    @property
+    def refittable(self) -> bool:
+        """Whether engines for this graph are built refittable (its weights change on refresh)."""
+        if self.base is not None:
+            return self.base.refittable
+        return bool((self.manifest.get("refit") or {}).get("refittable", False))
+
+    @property
     def engines(self) -> list[dict[str, Any]]:
         """Engine entries (a bank-only refresh uses its base's), each with an absolute `path`."""
         if self.base is not None:

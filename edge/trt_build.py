@@ -18,6 +18,12 @@ Engine shape contract:
   methods need calibration data per task, and FP16 already meets the latency budget.
 - TensorRT 8.6 casts int64 tensors to int32: on 8.6 the `task` output binding is int32.
 
+Refit: a trained method (EfficientAD, STFPM) ships new weights in the same layers on every
+refresh. Its bundles say `refit.refittable`; the box builds their engines with the REFIT
+flag and, when the next version arrives with the same `refit.structure_sha256`, copies
+the cached plan and refits the new weights into it (seconds) instead of rebuilding it
+(minutes). See `ensure_engine` for the order of preference.
+
 Every plan gets a JSON sidecar (`<plan>.json`) with its manifest entry: TensorRT
 version, GPU name, compute capability, precision, batch range and the sha256 of the
 graph it was built from.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,6 +44,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
 FRAMES_INPUT = "frames"
@@ -247,6 +258,7 @@ def build_engine(
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
     timing_cache: str | os.PathLike[str] | None = None,
     refittable: bool = False,
+    structure_sha256: str | None = None,
     frames_input: str = FRAMES_INPUT,
     verbose: bool = False,
 ) -> dict[str, Any]:
@@ -331,6 +343,7 @@ def build_engine(
         "max_batch": int(max_batch),
         "opt_batch": opt,
         "refittable": bool(refittable),
+        "structure_sha256": structure_sha256,
         "workspace_bytes": int(workspace_bytes),
         "build_seconds": round(seconds, 3),
         "graph_sha256": _sha256_file(onnx_path),
@@ -359,10 +372,15 @@ def read_sidecar(plan_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def engine_cache_dir(bundle_root: str | os.PathLike[str]) -> Path:
-    """Where a box caches engines it built for a bundle: beside it, never inside it."""
+def engine_cache_dir(bundle_root: str | os.PathLike[str], model_name: str | None = None) -> Path:
+    """Where a box caches engines it built for a bundle: beside it, never inside it.
+
+    With `model_name`, one folder serves every version of that model in the same store,
+    so the engine of version N is found when version N+1 arrives with the same graph
+    (bank-only refresh) or the same structure (refit). Plans inside are keyed by graph hash.
+    """
     root = Path(bundle_root)
-    return root.parent / f".{root.name}.engines"
+    return root.parent / f".{model_name or root.name}.engines"
 
 
 def cached_engine(
@@ -387,6 +405,125 @@ def cached_engine(
     return {**entry, "path": str(plan)}
 
 
+def find_refit_source(
+    cache_dir: str | os.PathLike[str],
+    structure_sha256: str,
+    runtime: RuntimeInfo,
+    precision: str,
+    min_batch: int = 1,
+) -> dict[str, Any] | None:
+    """The newest cached refittable plan with this graph structure, built for this machine.
+
+    Any graph hash will do: refit replaces every weight. The plan's own hash is checked
+    against its sidecar, so a truncated or edited plan is never the starting point.
+    """
+    candidates = []
+    for sidecar in Path(cache_dir).glob(f"*/{plan_filename(precision, runtime)}.json"):
+        plan = sidecar.with_suffix("")
+        entry = read_sidecar(plan)
+        if (
+            entry is None
+            or not plan.is_file()
+            or not entry.get("refittable")
+            or entry.get("structure_sha256") != structure_sha256
+            or entry.get("precision") != precision
+            or not engine_matches(entry, runtime)
+            or int(entry.get("max_batch", 0)) < min_batch
+        ):
+            continue
+        candidates.append((plan.stat().st_mtime, plan, entry))
+    for _mtime, plan, entry in sorted(candidates, key=lambda c: c[0], reverse=True):
+        if entry.get("plan_sha256") == _sha256_file(plan):
+            return {**entry, "path": str(plan)}
+    return None
+
+
+def _refit_from_onnx(trt: Any, refitter: Any, logger: Any, onnx_path: Path) -> list[Any]:
+    """Hand every ONNX initializer to the refitter; returns arrays that must outlive the refit.
+
+    TensorRT 10 parses the ONNX file itself (OnnxParserRefitter), which also covers weights
+    the parser transformed while building. TensorRT 8.6 has no such parser: each initializer
+    is set by name, which works for the weights the parser kept as they were; anything
+    else shows up as missing and the caller rebuilds.
+    """
+    if hasattr(trt, "OnnxParserRefitter"):
+        parser_refitter = trt.OnnxParserRefitter(refitter, logger)
+        if not parser_refitter.refit_from_file(str(onnx_path)):
+            n = int(getattr(parser_refitter, "num_errors", 0))
+            errors = "; ".join(str(parser_refitter.get_error(i)) for i in range(n)) or "no detail"
+            raise EngineBuildError(f"ONNX refitter rejected {onnx_path.name}: {errors}")
+        return []
+    try:
+        import onnx  # type: ignore[import-not-found]
+        from onnx import numpy_helper  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise EngineBuildError(f"refit on TensorRT {trt.__version__} needs the onnx package: {e}") from e
+    keep = []
+    wanted = set(refitter.get_all_weights())
+    for init in onnx.load(str(onnx_path)).graph.initializer:
+        if init.name not in wanted:
+            continue
+        array = np.ascontiguousarray(numpy_helper.to_array(init))
+        keep.append(array)
+        if not refitter.set_named_weights(init.name, trt.Weights(array)):
+            raise EngineBuildError(f"refit refused weights {init.name!r} (shape {array.shape})")
+    return keep
+
+
+def refit_engine(
+    source_plan: str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    structure_sha256: str,
+) -> dict[str, Any]:
+    """Load a refittable plan, give it the weights of `onnx_path`, save it as a new plan.
+
+    Seconds instead of a build's minutes (on a Jetson, tens of minutes). The live engine is
+    never touched: a new copy is refitted, so the model serving the line keeps its weights
+    until the new one has passed its golden samples and is swapped in.
+    """
+    trt = _import_trt()
+    info = runtime_info()
+    source_plan, onnx_path, out_path = Path(source_plan), Path(onnx_path), Path(out_path)
+    source = read_sidecar(source_plan) or {}
+    logger = trt.Logger(trt.Logger.WARNING)
+    t0 = time.perf_counter()
+    engine = trt.Runtime(logger).deserialize_cuda_engine(source_plan.read_bytes())
+    if engine is None:
+        raise EngineBuildError(f"TensorRT could not deserialise {source_plan}")
+    if not bool(getattr(engine, "refittable", False)):
+        raise EngineBuildError(f"{source_plan.name} was not built refittable")
+    refitter = trt.Refitter(engine, logger)
+    keep = _refit_from_onnx(trt, refitter, logger, onnx_path)
+    missing = list(refitter.get_missing_weights())
+    if missing:
+        raise EngineBuildError(f"refit is missing {len(missing)} weights, e.g. {missing[:3]}")
+    if not refitter.refit_cuda_engine():
+        raise EngineBuildError(f"TensorRT refit of {source_plan.name} failed; see its log")
+    del keep
+    _atomic_write(out_path, memoryview(engine.serialize()))
+    seconds = time.perf_counter() - t0
+    entry = {
+        **{k: v for k, v in source.items() if k not in ("file", "path", "build_seconds")},
+        "file": out_path.name,
+        "tensorrt_version": info.tensorrt_version,
+        "gpu_name": info.gpu_name,
+        "compute_capability": info.compute_capability,
+        "refittable": True,
+        "structure_sha256": structure_sha256,
+        "graph_sha256": _sha256_file(onnx_path),
+        "plan_sha256": _sha256_file(out_path),
+        "refit_seconds": round(seconds, 3),
+        "refitted_from": {
+            "graph_sha256": source.get("graph_sha256"),
+            "plan_sha256": source.get("plan_sha256"),
+        },
+    }
+    write_sidecar(out_path, entry)
+    return entry
+
+
 def ensure_engine(
     bundle: Any,
     precision: str = "fp16",
@@ -397,21 +534,37 @@ def ensure_engine(
 ) -> dict[str, Any]:
     """An engine entry (with absolute `path`) for `bundle` (an `edge.bundle.Bundle`) on this box.
 
-    Order: a bundled plan that matches; a cached plan for the same graph; a fresh build
-    into the cache (keyed by graph sha256, so a bank-only refresh finds its base's
-    engine). The caller still runs `check_golden` on the chosen engine before going live.
+    Order, cheapest first; the returned entry's `origin` says which one it was:
+    - `bundled`: a plan shipped in the bundle matches this GPU and TensorRT;
+    - `cached`: this box built or refitted a plan for the same graph before (a restart, or
+      a bank-only refresh, which keeps its base's graph);
+    - `refitted`: a cached refittable plan of the same structure takes the new weights
+      (a trained method's refresh); on any refit failure the box falls back to:
+    - `built`: a fresh build into the cache, refittable when the bundle says so.
+    The caller still runs `check_golden` on the chosen engine before going live.
     """
     info = runtime_info()
     chosen = select_engine(bundle.engines, info, precision, bundle.max_batch)
     if chosen is not None:
-        return chosen
-    base_root = bundle.base.root if getattr(bundle, "base", None) is not None else bundle.root
-    cdir = Path(cache_dir) if cache_dir else engine_cache_dir(base_root)
+        return {**chosen, "origin": "bundled"}
+    base = bundle.base if getattr(bundle, "base", None) is not None else bundle
+    cdir = Path(cache_dir) if cache_dir else engine_cache_dir(base.root, bundle.name)
     graph_sha = bundle.graph_sha256
     hit = cached_engine(cdir, graph_sha, info, precision, bundle.max_batch)
     if hit is not None:
-        return hit
+        return {**hit, "origin": "cached"}
     plan = cdir / graph_sha[:16] / plan_filename(precision, info)
+    structure = getattr(bundle, "structure_sha256", None)
+    refittable = bool(getattr(bundle, "refittable", False))
+    if refittable and structure:
+        source = find_refit_source(cdir, structure, info, precision, bundle.max_batch)
+        if source is not None:
+            try:
+                entry = refit_engine(source["path"], bundle.onnx_path, plan, structure_sha256=structure)
+                log.info("engine refitted", extra={"plan": str(plan), "seconds": entry["refit_seconds"]})
+                return {**entry, "path": str(plan), "origin": "refitted"}
+            except EngineBuildError as e:
+                log.warning("engine refit failed; building instead", extra={"error": str(e)})
     entry = build_engine(
         bundle.onnx_path,
         plan,
@@ -419,6 +572,8 @@ def ensure_engine(
         precision=precision,
         force_fp16=force_fp16,
         workspace_bytes=workspace_bytes,
+        refittable=refittable,
+        structure_sha256=structure,
         timing_cache=cdir / f"timing.{_slug(info.gpu_name)}.trt{info.tensorrt_version}.cache",
     )
-    return {**entry, "path": str(plan)}
+    return {**entry, "path": str(plan), "origin": "built"}

@@ -54,6 +54,7 @@ from edge.bundle import (
 )
 from edge.geometry import Geometry
 from export.checks import CheckLimits, StaticReport, run_static_checks
+from export.graph_structure import structure_sha256
 from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx
 from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
 from trainer.methods.base import ScoringGraph
@@ -450,10 +451,16 @@ def _build(
     _save_npy(tmp / g["maps"], reference[0].astype(np.float32))
     _save_npy(tmp / g["tasks"], reference[2].astype(np.int64))
 
+    # Trained methods retrain their weights on every refresh: their engines are built
+    # refittable, and the structure hash tells a box which cached engine can take new weights.
+    refit = {
+        "refittable": bool(graph.meta.get("refittable", False)),
+        "structure_sha256": structure_sha256(graph_path),
+    }
     engines: list[dict[str, Any]] = []
     if tensorrt:
         engines = _build_engines(
-            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, registry
+            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, registry, refit
         )
 
     provenance = dict(info.provenance)
@@ -492,6 +499,7 @@ def _build(
             "source": info.golden_source,
         },
         "engines": engines,
+        "refit": refit,
         "bank_only": (
             {"base_version": base_bundle.version, "graph_sha256": base_bundle.graph_sha256}
             if base_bundle
@@ -515,6 +523,7 @@ def _build_engines(
     precisions: tuple[str, ...],
     workspace_bytes: int,
     registry: Path,
+    refit: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Build one plan per precision, check each on the golden frames, return manifest entries."""
     from edge import trt_build
@@ -532,6 +541,8 @@ def _build_engines(
             max_batch=max_batch,
             precision=precision,
             workspace_bytes=workspace_bytes,
+            refittable=refit["refittable"],
+            structure_sha256=refit["structure_sha256"],
             timing_cache=registry
             / f".timing.{info.gpu_name.replace(' ', '_')}.trt{info.tensorrt_version}.cache",
         )

@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 if sys.version_info >= (3, 11):
@@ -117,8 +125,12 @@ class TrainConfig(BaseSettings):
         env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="forbid"
     )
 
+    _strategy_defaulted: bool = PrivateAttr(False)
+
     method: str = "patchcore"
-    strategy: str = "cl"
+    strategy: str | None = Field(
+        None, description="default: the method's own first strategy (cl for memory banks, replay for trained)"
+    )
     backbone: str = "tf_efficientnet_lite0"
     layers: list[int] | None = None
     backbone_weights: Path | None = None
@@ -144,6 +156,17 @@ class TrainConfig(BaseSettings):
         if min(v) < 32 or v[0] % 8 or v[1] % 8:
             raise ValueError("image_size must be (H, W), each >= 32 and a multiple of 8")
         return v
+
+    @model_validator(mode="after")
+    def _default_strategy(self) -> TrainConfig:
+        """`fit --method efficientad` must just work: memory-bank methods default to `cl`, trained ones
+        to `replay`, each method's own first strategy, so no default is refused by the method."""
+        if self.strategy is None:
+            from trainer.methods.registry import method_class
+
+            self.strategy = method_class(self.method).strategies[0]
+            self._strategy_defaulted = True
+        return self
 
     @model_validator(mode="after")
     def _geometry(self) -> TrainConfig:
@@ -208,7 +231,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
     try:
         cfg = TrainConfig(**data)
         if overrides:
-            cfg = config_from_values({**cfg.model_dump(), **{k: v for k, v in overrides.items() if v is not None}})
+            values = cfg.model_dump()
+            if cfg._strategy_defaulted:  # a --method flag picks its own default strategy
+                values.pop("strategy")
+            cfg = config_from_values({**values, **{k: v for k, v in overrides.items() if v is not None}})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     return cfg

@@ -66,7 +66,10 @@ def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
 
 def evaluate_task(learner: Learner, data: TaskData) -> tuple[dict[str, Any], TaskEval, np.ndarray | None]:
     pred = learner.predict(data.name, data.test)
-    values = {**M.image_metrics(data.labels, pred.scores), CALIBRATED_F1: _calibrated_f1(data.labels, pred.scores)}
+    values = {
+        **M.image_metrics(data.labels, pred.scores),
+        CALIBRATED_F1: _calibrated_f1(data.labels, pred.scores),
+    }
     values.update(M.pixel_metrics(data.masks, pred.maps, data.has_mask, labels=data.labels))
     evaluation = TaskEval(
         data.name, data.labels, pred.scores, pred.maps, data.masks, data.has_mask, data.test
@@ -173,6 +176,9 @@ def build_metrics(
         "calibration": {k: m.calibration_meta() for k, m in learner.methods.items()},
         "config": learner.cfg.model_dump(mode="json"),
     }
+    buffers = {k: c["replay_buffer"] for k, c in out["calibration"].items() if "replay_buffer" in c}
+    if buffers:  # what replay costs (images, bytes on disk), where a reader of the run looks first
+        out["replay_buffer"] = buffers["main"] if list(buffers) == ["main"] else buffers
     tia = history["task_inference"]
     if tia and tia[-1] is not None:
         out["task_inference_accuracy"] = tia[-1]

@@ -2,7 +2,8 @@
 
 - The plan comes from the bundle when one of its engines matches this GPU and TensorRT version;
   otherwise ``edge.trt_build.ensure_engine`` builds one from ``model.onnx`` and caches it next to the
-  bundle (a later start, or a bank-only refresh of the same graph, reuses it).
+  bundle (a later start, or a bank-only refresh of the same graph, reuses it). A retrained model of
+  the same structure gets its weights refitted into a copy of the cached plan instead of a rebuild.
 - Host buffers are page-locked and every copy is asynchronous on one CUDA stream, so a batch costs
   one H2D copy of the frames, one enqueue and the D2H copies of the outputs.
 - The data inputs (memory banks...) are copied to the device ONCE at load and stay bound.
@@ -48,6 +49,8 @@ class TensorRTBackend:
             precision = "fp32" if cfg.precision == "fp32" else "fp16"
             entry = trt_build.ensure_engine(bundle, precision, workspace_bytes=cfg.workspace_mb << 20)
             self.plan_path = entry["path"]
+            self.engine_origin = str(entry.get("origin", "unknown"))  # bundled/cached/refitted/built
+            log.info("tensorrt engine ready", extra={"plan": self.plan_path, "origin": self.engine_origin})
             self._setup(bundle, entry)
         finally:
             self._ctx.pop()

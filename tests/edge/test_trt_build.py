@@ -65,6 +65,57 @@ def test_select_engine_prefers_fp16_and_checks_batch() -> None:
 def test_cache_dir_is_beside_the_bundle_not_inside(tmp_path: Path) -> None:
     root = tmp_path / "store" / "linewatch-v000007"
     assert trt_build.engine_cache_dir(root) == tmp_path / "store" / ".linewatch-v000007.engines"
+    # Keyed by model name, every version in the store shares one cache: refit needs that.
+    assert trt_build.engine_cache_dir(root, "brick") == tmp_path / "store" / ".brick.engines"
+    assert trt_build.engine_cache_dir(tmp_path / "store" / "brick-v2", "brick") == (
+        trt_build.engine_cache_dir(root, "brick")
+    )
+
+
+def _cached_plan(cache: Path, graph: str, runtime: RuntimeInfo = ORIN, **entry) -> Path:
+    """A plan file and its sidecar as `build_engine` leaves them (the bytes stand in for a plan)."""
+    plan = cache / graph[:16] / plan_filename(entry.get("precision", "fp16"), runtime)
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    plan.write_bytes(f"plan for {graph}".encode())
+    sidecar = {**_entry(**entry), **runtime.as_dict(), "file": plan.name, "graph_sha256": graph}
+    sidecar.setdefault("refittable", True)
+    sidecar.setdefault("structure_sha256", "S")
+    sidecar["plan_sha256"] = trt_build._sha256_file(plan)
+    trt_build.write_sidecar(plan, sidecar)
+    return plan
+
+
+def test_refit_source_is_the_newest_matching_refittable_plan(tmp_path: Path) -> None:
+    import os
+
+    cache = tmp_path / "cache"
+    old = _cached_plan(cache, "a" * 64)
+    new = _cached_plan(cache, "b" * 64)
+    os.utime(old, (1_000, 1_000))
+    found = trt_build.find_refit_source(cache, "S", ORIN, "fp16", min_batch=8)
+    assert found is not None and found["path"] == str(new) and found["graph_sha256"] == "b" * 64
+    # Nothing else qualifies: other structure, precision, machine, too small a batch.
+    assert trt_build.find_refit_source(cache, "other", ORIN, "fp16") is None
+    assert trt_build.find_refit_source(cache, "S", ORIN, "fp32") is None
+    assert (
+        trt_build.find_refit_source(cache, "S", RuntimeInfo("10.3.1", "Orin (nvgpu)", "8.7"), "fp16") is None
+    )
+    assert trt_build.find_refit_source(cache, "S", ORIN, "fp16", min_batch=16) is None
+    assert trt_build.find_refit_source(tmp_path / "missing", "S", ORIN, "fp16") is None
+
+
+def test_refit_source_skips_plans_not_built_refittable_and_tampered_ones(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _cached_plan(cache, "a" * 64, refittable=False)
+    assert trt_build.find_refit_source(cache, "S", ORIN, "fp16") is None
+    older = _cached_plan(cache, "b" * 64)
+    tampered = _cached_plan(cache, "c" * 64)
+    import os
+
+    os.utime(older, (1_000, 1_000))
+    tampered.write_bytes(b"edited after the build")
+    found = trt_build.find_refit_source(cache, "S", ORIN, "fp16")
+    assert found is not None and found["path"] == str(older)  # the newest is corrupt: fall back
 
 
 def test_edge_modules_never_import_torch_or_onnx() -> None:
@@ -134,3 +185,39 @@ def test_export_with_tensorrt_ships_matching_engines(tmp_path: Path) -> None:
     b = open_bundle(written.path)
     assert {e["precision"] for e in b.engines} == {"fp32", "fp16"}
     assert select_engine(b.engines, trt_build.runtime_info()) is not None
+
+
+@pytest.mark.gpu
+def test_retrained_weights_are_refitted_into_the_cached_engine(tmp_path: Path) -> None:
+    """A refresh with new weights and the same layers: refit a copy of the cached plan, no rebuild.
+
+    The refitted engine must reproduce the NEW bundle's golden samples (which onnxruntime
+    and torch produced), and must be cheaper than the build it replaces.
+    """
+    _skip_without_gpu()
+    from edge.bundle import check_golden, open_bundle
+    from export.toy import toy_scoring_graph, write_toy_bundle
+    from export.trt_verify import engine_infer
+
+    graphs = [toy_scoring_graph(seed=s) for s in (0, 1)]
+    for g in graphs:
+        g.meta["refittable"] = True
+    v1 = open_bundle(write_toy_bundle(tmp_path / "store" / "toy-v1", graph=graphs[0], version=1).path)
+    v2 = open_bundle(write_toy_bundle(tmp_path / "store" / "toy-v2", graph=graphs[1], version=2).path)
+    assert v1.structure_sha256 == v2.structure_sha256 and v1.graph_sha256 != v2.graph_sha256
+
+    built = trt_build.ensure_engine(v1, "fp32")
+    assert built["origin"] == "built" and built["refittable"] is True
+    refitted = trt_build.ensure_engine(v2, "fp32")
+    assert refitted["origin"] == "refitted", refitted
+    assert refitted["graph_sha256"] == v2.graph_sha256
+    assert refitted["refitted_from"]["graph_sha256"] == v1.graph_sha256
+    assert Path(refitted["path"]).parent.parent == Path(built["path"]).parent.parent  # one cache
+    assert refitted["refit_seconds"] < built["build_seconds"]
+    report = check_golden(v2, lambda f: engine_infer(refitted["path"], v2.data_inputs, f, v2.max_batch))
+    assert report.ok, report.as_dict()
+    # v1's engine is untouched and still right for v1 (the line may roll back to it).
+    report_v1 = check_golden(v1, lambda f: engine_infer(built["path"], v1.data_inputs, f, v1.max_batch))
+    assert report_v1.ok
+    # A restart finds the refitted plan by graph hash.
+    assert trt_build.ensure_engine(v2, "fp32")["origin"] == "cached"

@@ -14,6 +14,7 @@ from trained_methods_kit import HW, TASKS, get_kit
 
 from edge.bundle import check_golden, open_bundle
 from export.checks import run_static_checks
+from export.graph_structure import structure_sha256
 from export.parity import compare, ort_infer, ort_session, torch_infer
 from export.run_source import load_run_for_export
 
@@ -66,6 +67,8 @@ def test_export_passes_the_static_tensorrt_checks(exported, method: str) -> None
     assert (m["method"], m["strategy"], m["tasks"]) == (method, "replay", list(TASKS))
     assert [d["name"] for d in m["data_inputs"]] == DATA_INPUTS[method]
     assert m["calibration"]["replay_buffer"]["images"] > 0
+    # Retrained on every refresh: engines are built refittable, keyed by the weight-free structure.
+    assert m["refit"] == {"refittable": True, "structure_sha256": structure_sha256(bundle.onnx_path)}
     if method == "efficientad":
         assert m["calibration"]["teacher"]["sha256"] and len(m["calibration"]["map_quantiles"]["local"]) == 2
     assert m["export"]["golden_parity"]["ok"] and m["golden"]["source"].startswith("test images")

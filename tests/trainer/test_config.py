@@ -19,7 +19,11 @@ def test_cli_overrides_env(monkeypatch):
 
 @pytest.mark.parametrize(
     ("toml", "key"),
-    [("image_size = [30, 30]\n", "image_size"), ("[patchcore]\nbudget = -1\n", "patchcore.budget"), ("typo = 1\n", "typo")],
+    [
+        ("image_size = [30, 30]\n", "image_size"),
+        ("[patchcore]\nbudget = -1\n", "patchcore.budget"),
+        ("typo = 1\n", "typo"),
+    ],
 )
 def test_bad_values_name_the_key(tmp_path, toml, key):
     path = tmp_path / "bad.toml"
@@ -35,3 +39,22 @@ def test_missing_and_malformed_file(tmp_path):
     bad.write_text("method = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("method", "strategy"),
+    [("patchcore", "cl"), ("padim", "cl"), ("efficientad", "replay"), ("stfpm", "replay")],
+)
+def test_default_strategy_is_one_the_method_accepts(method, strategy):
+    from trainer.learner import strategies_for
+
+    cfg = load_config(method=method)
+    assert cfg.strategy == strategy and cfg.strategy in strategies_for(method)
+    assert load_config(method=method, strategy="naive").strategy == "naive"  # explicit wins
+
+
+def test_unknown_method_is_refused_with_the_list(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('method = "patchcoar"\n')
+    with pytest.raises(ConfigError, match="patchcore"):
+        load_config(path)

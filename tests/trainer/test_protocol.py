@@ -70,7 +70,8 @@ def test_update_equals_fitting_the_whole_sequence(cl_dataset, tmp_path, patchcor
     stepped = json.loads((run / "metrics.json").read_text())
     assert stepped["tasks"] == full["tasks"]
     np.testing.assert_allclose(
-        np.array(stepped["matrix"]["image_auroc"], dtype=float), np.array(full["matrix"]["image_auroc"], dtype=float)
+        np.array(stepped["matrix"]["image_auroc"], dtype=float),
+        np.array(full["matrix"]["image_auroc"], dtype=float),
     )
     a = load_file(str(run / "state" / "main.safetensors"))
     b = load_file(str(full_run / "state" / "main.safetensors"))
@@ -108,7 +109,9 @@ def test_padim_exact_merge_beats_running_average(cl_dataset, tmp_path):
 
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
-    rc = main(["fit", "--data", f"mvtec:{tmp_path / 'nowhere'}", "--tasks", "a", "--out", str(tmp_path / "r")])
+    rc = main(
+        ["fit", "--data", f"mvtec:{tmp_path / 'nowhere'}", "--tasks", "a", "--out", str(tmp_path / "r")]
+    )
     assert rc == 2
     assert "nowhere" in capsys.readouterr().err
 

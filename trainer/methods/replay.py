@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from trainer.methods.base import ScoringGraph
 from trainer.replay import ReplayBuffer
 
 REPLAY_DEFAULTS: dict[str, Any] = {"size": 300, "format": "png", "jpeg_quality": 95, "batch": 8}
@@ -147,6 +148,13 @@ class ReplayTrainingMixin:
             "held_out_images": len(held),
             "seconds": round(time.perf_counter() - t0, 2),
         }
+
+    def _graph(self, module: torch.nn.Module, data: dict[str, np.ndarray]) -> ScoringGraph:
+        """Mark the graph refittable: every refresh retrains these weights but keeps the layers,
+        so a box can refit them into its TensorRT engine instead of rebuilding it."""
+        graph = super()._graph(module, data)  # type: ignore[misc]
+        graph.meta["refittable"] = True
+        return graph
 
     # -- reporting and state --------------------------------------------------------
     def calibration_meta(self) -> dict[str, Any]:

@@ -51,11 +51,13 @@ def test_metrics_report_the_buffer_honestly(runs) -> None:
     (by_strategy, _) = runs
     replay = by_strategy["replay"][1]["calibration"]["main"]
     naive = by_strategy["naive"][1]["calibration"]["main"]
-    buf = replay["replay_buffer"]
+    buf = by_strategy["replay"][1]["replay_buffer"]  # a top-level key of metrics.json
+    assert buf == replay["replay_buffer"]
     assert buf["capacity"] == REPLAY_SIZE and buf["images"] == REPLAY_SIZE
     assert buf["per_task"] == {t: REPLAY_SIZE // 3 for t in TASKS}  # older shares shrank to 16 each
     assert 0 < buf["bytes"] < buf["raw_bytes"] == REPLAY_SIZE * 64 * 64 * 3 and buf["format"] == "png"
-    assert naive["replay_buffer"]["images"] == 0 and naive["replay_buffer"]["bytes"] == 0
+    naive_buf = by_strategy["naive"][1]["replay_buffer"]
+    assert naive_buf["images"] == 0 and naive_buf["bytes"] == 0 and naive_buf == naive["replay_buffer"]
     assert replay["slots"] == ["+".join(TASKS)] and len(replay["center"]) == 1
     log = replay["training"]
     assert [t["task"] for t in log] == list(TASKS)
