@@ -100,6 +100,7 @@ def test_distilled_teacher_is_cached_with_its_provenance(tmp_path: Path) -> None
     tensors, record = load_teacher(path)
     assert record["config"]["width"] == 0.125 and record["key"] == TINY.key()
     assert record["target"].startswith("tf_efficientnet_lite0") and len(record["sources"]) >= 10
+    assert record["device"] == "cpu"  # where it ran: provenance, not part of the key
     assert tensors["mean"].shape == (1, 16, 1, 1) and any(k.startswith("pdn.") for k in tensors)
     mtime = path.stat().st_mtime_ns
     assert cached_teacher(TINY, tmp_path, progress=False) == path and path.stat().st_mtime_ns == mtime
@@ -129,3 +130,14 @@ def test_distill_teacher_command(tmp_path: Path, capsys: pytest.CaptureFixture[s
     _, record = load_teacher(tmp_path / "t.safetensors")
     assert record["config"]["steps"] == 2 and json.dumps(record)
     assert main(["distill-teacher", *args, "--out", str(tmp_path / "t.safetensors")]) == 2  # exists
+
+
+@pytest.mark.gpu
+def test_distillation_runs_on_a_cuda_device_and_returns_a_cpu_teacher(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: distillation on the GPU is not reachable here")
+    path = cached_teacher(TINY, tmp_path, progress=False, device="cuda")
+    tensors, record = load_teacher(path)
+    assert record["device"] == "cuda" and record["key"] == TINY.key() and path.name == TINY.filename()
+    assert all(t.device.type == "cpu" for t in tensors.values())
+    assert np.isfinite(record["final_loss"])

@@ -174,7 +174,9 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
         if self.config["teacher"]:
             path = Path(self.config["teacher"])
         else:
-            path = cached_teacher(self.distill_config(), self.teacher_cache, progress=self.progress)
+            path = cached_teacher(
+                self.distill_config(), self.teacher_cache, progress=self.progress, device=str(self.device)
+            )
         tensors, record = load_teacher(path)
         want = {k: self.config[k] for k in ("size", "out_channels", "width", "padding")}
         got = {k: record["config"].get(k) for k in want}
