@@ -33,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="learn a sequence of tasks into a new run directory")
     fit.add_argument("--data", required=True, help="FORMAT:ROOT, e.g. mvtec:/data/mvtec")
     fit.add_argument("--tasks", required=True, type=_tasks)
-    fit.add_argument("--method", help="patchcore | padim")
-    fit.add_argument("--strategy", help="cl | naive | joint | single (padim also cl-exact, per-task)")
+    fit.add_argument("--method", help="patchcore | padim | efficientad | stfpm")
+    fit.add_argument(
+        "--strategy",
+        help="memory banks: cl | naive (padim also cl-exact, per-task); efficientad, stfpm: replay | naive; "
+        "any method: joint | single. Default: the method's first",
+    )
     fit.add_argument("--out", required=True, type=Path)
     fit.add_argument("--config", type=Path, help="TOML file; LINEWATCH_TRAIN_* variables override it")
     fit.add_argument("--backbone")
