@@ -83,8 +83,16 @@ def bundle_dirname(name: str, version: int) -> str:
 
 
 def engine_cache_name(dirname: str) -> str:
-    """Where the edge caches TensorRT engines it built for a bundle (beside it, hidden)."""
+    """Where the edge caches engines for one bundle (onnxruntime's TensorRT provider cache)."""
     return f".{dirname}.engines"
+
+
+def model_cache_name(model: str) -> str:
+    """Where the edge caches the TensorRT plans of every version of `model`, one folder per graph.
+
+    Shared by versions so that version N+1 can refit version N's plan (edge/trt_build.py).
+    """
+    return f".{model}.engines"
 
 
 def parse_dirname(dirname: str) -> Published | None:
@@ -137,6 +145,11 @@ class Store:
         raise NotImplementedError
 
     def _remove(self, dirname: str) -> None:
+        """Remove a folder of the store; `dirname` may be nested (`a/b`)."""
+        raise NotImplementedError
+
+    def _subdirs(self, dirname: str) -> list[str]:
+        """The folders inside `<store>/<dirname>` (none when it is missing)."""
         raise NotImplementedError
 
     def _manifest(self, dirname: str) -> dict:
@@ -208,14 +221,39 @@ class Store:
             return by_version.get(info["base_version"])
         return None
 
+    def _graph_key(self, item: Published, by_version: dict[int, Published]) -> str | None:
+        """The cache key (sha256[:16] of model.onnx) of the graph `item` runs: its base's if bank-only."""
+        base = self._base_of(item, by_version)
+        files = self._manifest((base or item).dirname).get("files") or {}
+        graph = files.get("model.onnx") if isinstance(files, dict) else None
+        return graph[:16] if isinstance(graph, str) and len(graph) >= 16 else None
+
+    def _prune_model_caches(self, survivors: list[Published], caches: set[str]) -> list[str]:
+        """In each model's plan cache, drop the plans of graphs no surviving bundle runs.
+
+        A cache is left whole when any surviving bundle's graph cannot be read: better a
+        stale plan on disk than a rebuild (minutes on a Jetson) after a rollback.
+        """
+        by_version = {p.version: p for p in survivors}
+        removed = []
+        for cache in sorted(caches):
+            keys = [self._graph_key(p, by_version) for p in survivors if model_cache_name(p.name) == cache]
+            if not keys or None in keys:
+                continue
+            for sub in self._subdirs(cache):
+                if sub not in keys:
+                    self._remove(f"{cache}/{sub}")
+                    removed.append(f"{cache}/{sub}")
+        return removed
+
     def prune(self, keep: int) -> list[str]:
         """Delete old bundles beyond `keep`; never what the edge may need.
 
         Kept always: the current bundle, its rollback target, and the base bundle of
         every kept bank-only bundle (a bank-only refresh runs the base's graph and
         engines, found beside it). The engine cache the edge keeps beside a bundle goes
-        with it; refused bundles set aside by a rollback are kept for diagnosis, the
-        newest few only.
+        with it; in a model's shared plan cache only the graphs of kept bundles stay.
+        Refused bundles set aside by a rollback are kept for diagnosis, the newest few only.
         """
         published = self.published()
         by_version = {p.version: p for p in published}
@@ -241,13 +279,16 @@ class Store:
             removed.append(item.dirname)
             if engine_cache_name(item.dirname) in names:
                 self._remove(engine_cache_name(item.dirname))
-        live = {p.dirname for p in self.published()}
+        survivors = self.published()
+        live = {p.dirname for p in survivors}
+        models = {model_cache_name(p.name) for p in survivors}
         gone = {engine_cache_name(r) for r in removed}
-        for name in sorted(names - gone):
+        for name in sorted(names - gone - models):
             # Engine caches of bundles that are gone (refused and set aside, or pruned earlier).
             if name.startswith(".") and name.endswith(".engines") and name[1 : -len(".engines")] not in live:
                 self._remove(name)
                 removed.append(name)
+        removed += self._prune_model_caches(survivors, names & models)
         rejected = sorted(n for n in names if n.startswith(".rejected-"))
         for name in rejected[: max(0, len(rejected) - KEEP_REJECTED)]:
             self._remove(name)
@@ -339,6 +380,14 @@ class LocalStore(Store):
 
     def _remove(self, dirname: str) -> None:
         remove_tree(self.root / dirname)
+
+    def _subdirs(self, dirname: str) -> list[str]:
+        folder = self.root / dirname
+        if not folder.is_dir():
+            return []
+        return sorted(
+            n for n in os.listdir(folder) if (folder / n).is_dir() and not (folder / n).is_symlink()
+        )
 
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -437,8 +486,15 @@ class RemoteStore(Store):
         return doc if isinstance(doc, dict) else {}
 
     def _remove(self, dirname: str) -> None:
-        trash = shlex.quote(f".trash-{dirname}-{random_suffix()}")
+        trash = shlex.quote(f".trash-{dirname.replace('/', '_')}-{random_suffix()}")
         self._sh(f"mv -T -- {shlex.quote(dirname)} {trash}; rm -rf -- {trash}")
+
+    def _subdirs(self, dirname: str) -> list[str]:
+        q = shlex.quote(dirname)
+        out = self._sh(
+            f'if [ -d {q} ]; then cd -- {q}; for d in *; do if [ -d "$d" ] && [ ! -L "$d" ]; then echo "$d"; fi; done; fi'
+        )
+        return sorted(line for line in out.splitlines() if line)
 
 
 def open_store(cfg: RefreshConfig) -> Store:

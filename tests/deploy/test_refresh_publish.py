@@ -203,3 +203,50 @@ def test_remote_failure_is_reported_with_stderr(tmp_path: Path) -> None:
     store = RemoteStore("box", "/srv/bundles", ssh=[str(bindir / "ssh")])
     with pytest.raises(StoreError, match="No route to host"):
         store.publish(write_bundle(tmp_path / "b1", 1))
+
+
+def _plan_cache(root: Path, graphs: list[str]) -> Path:
+    """The edge's shared plan cache of model `linewatch`: one folder per graph, plus a timing cache."""
+    cache = root / ".linewatch.engines"
+    for g in graphs:
+        (cache / g).mkdir(parents=True)
+        (cache / g / "engine.fp16.orin.trt10.3.0.plan").write_bytes(b"plan")
+    (cache / "timing.orin.trt10.3.0.cache").write_bytes(b"timing")
+    return cache
+
+
+def _graph(store_root: Path, dirname: str) -> str:
+    return json.loads((store_root / dirname / "manifest.json").read_text())["files"]["model.onnx"][:16]
+
+
+@pytest.mark.parametrize("kind", ["local", "remote"])
+def test_prune_keeps_the_model_plan_cache_and_only_the_graphs_still_in_use(
+    tmp_path: Path, remote_store: RemoteStore, kind: str
+) -> None:
+    """The shared cache is what a retrained model refits from: pruning must not delete it whole."""
+    store = remote_store if kind == "remote" else LocalStore(tmp_path / "store")
+    root = Path(store.path) if kind == "remote" else store.root
+    root.mkdir(parents=True, exist_ok=True)
+    for v in range(1, 5):
+        store.publish(write_bundle(tmp_path / f"b{v}", v, sizes=(10,)))
+    store.publish(write_bundle(tmp_path / "b5", 5, sizes=(10,), extra={"bank_only": {"base_version": 1}}))
+    graphs = {d: _graph(root, d) for d in (f"linewatch-v00000{v}" for v in range(1, 5))}
+    cache = _plan_cache(root, [*graphs.values(), "f" * 16])
+    removed = store.prune(keep=2)
+    assert [p.version for p in store.published()] == [1, 4, 5]  # 1 is the base of bank-only 5
+    left = sorted(p.name for p in cache.iterdir())
+    kept = sorted([graphs["linewatch-v000001"], graphs["linewatch-v000004"]])
+    assert left == sorted([*kept, "timing.orin.trt10.3.0.cache"])
+    assert f".linewatch.engines/{graphs['linewatch-v000002']}" in removed
+    assert (cache / kept[0] / "engine.fp16.orin.trt10.3.0.plan").read_bytes() == b"plan"
+
+
+def test_prune_leaves_a_plan_cache_whole_when_a_graph_cannot_be_read(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.root.mkdir()
+    for v in (1, 2):
+        store.publish(write_bundle(tmp_path / f"b{v}", v, sizes=(10,)))
+    (store.root / "linewatch-v000002" / "manifest.json").write_text("{not json")
+    cache = _plan_cache(store.root, ["a" * 16, "b" * 16])
+    store.prune(keep=2)
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == ["a" * 16, "b" * 16]
