@@ -164,11 +164,47 @@ class ReplayTrainingMixin:
         meta["training"] = list(self.training_log)
         return meta
 
-    def _replay_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, buf_meta = self.buffer.state("replay")
-        return tensors, {"replay": buf_meta, "training_log": self.training_log, "tasks": self.tasks}
+    # State: the learned weights under one prefix, the buffer, and what the method adds.
+    state_prefix: ClassVar[str] = "model"  # names the weights in saved runs
 
-    def _load_replay_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    def _stateful_module(self) -> nn.Module:
+        """The weights a run saves: the whole model unless a method's frozen part is rebuilt on load."""
+        return self.model  # type: ignore[attr-defined]
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Method-specific metadata saved beside the weights (EfficientAD: quantiles, teacher)."""
+        return {}
+
+    def _load_extra_state(self, meta: dict[str, Any]) -> None:
+        """Restore what `_extra_state` saved."""
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        prefix = f"{self.state_prefix}."
+        tensors = {
+            prefix + k: v.detach().contiguous() for k, v in self._stateful_module().state_dict().items()
+        }
+        buf_tensors, buf_meta = self.buffer.state("replay")
+        tensors.update(buf_tensors)
+        meta = {
+            "method": self.name,
+            "strategy": self.strategy,  # type: ignore[attr-defined]
+            "config": self.config,  # type: ignore[attr-defined]
+            "train": self.train_cfg,  # type: ignore[attr-defined]
+            "center": self.center,
+            "scale": self.scale,
+            **self._extra_state(),
+            "replay": buf_meta,
+            "training_log": self.training_log,
+            "tasks": self.tasks,
+        }
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        prefix = f"{self.state_prefix}."
+        weights = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        self._stateful_module().load_state_dict(weights)
+        self.model.eval()  # type: ignore[attr-defined]
+        self._load_extra_state(meta)
         self.buffer = ReplayBuffer.from_state(tensors, meta["replay"], "replay")
         self.training_log = list(meta["training_log"])
         self.tasks = list(meta["tasks"])

@@ -294,27 +294,10 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
         meta["teacher"] = self.teacher_info
         return meta
 
-    # -- state ------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {f"model.{k}": v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        replay_tensors, replay_meta = self._replay_state()
-        tensors.update(replay_tensors)
-        meta = {
-            "method": self.name,
-            "strategy": self.strategy,
-            "config": self.config,
-            "train": self.train_cfg,
-            "center": self.center,
-            "scale": self.scale,
-            "quantiles": self.quantiles,
-            "teacher": self.teacher_info,
-            **replay_meta,
-        }
-        return tensors, meta
+    # -- state (saved by the replay mixin) ---------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        return {"quantiles": self.quantiles, "teacher": self.teacher_info}
 
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        self.model.eval()
+    def _load_extra_state(self, meta: dict[str, Any]) -> None:
         self.quantiles = [float(v) for v in meta["quantiles"]]
         self.teacher_info = meta.get("teacher")
-        self._load_replay_state(tensors, meta)

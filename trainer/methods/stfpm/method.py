@@ -30,6 +30,7 @@ OPTIMIZERS = ("sgd", "adam")
 
 class STFPM(ReplayTrainingMixin, TorchMethodMixin):
     name: ClassVar[str] = "stfpm"
+    state_prefix: ClassVar[str] = "student"  # the teacher is frozen backbone weights, not saved
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
 
     def __init__(
@@ -133,25 +134,5 @@ class STFPM(ReplayTrainingMixin, TorchMethodMixin):
     def scoring_graph(self):
         return self._graph(self.model, {})
 
-    # -- state ------------------------------------------------------------------------
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors = {
-            f"student.{k}": v.detach().contiguous() for k, v in self.model.student.state_dict().items()
-        }
-        replay_tensors, replay_meta = self._replay_state()
-        tensors.update(replay_tensors)
-        meta = {
-            "method": self.name,
-            "strategy": self.strategy,
-            "config": self.config,
-            "train": self.train_cfg,
-            "center": self.center,
-            "scale": self.scale,
-            **replay_meta,
-        }
-        return tensors, meta
-
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self.model.student.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("student.")})
-        self.model.eval()
-        self._load_replay_state(tensors, meta)
+    def _stateful_module(self) -> torch.nn.Module:
+        return self.model.student
