@@ -114,7 +114,8 @@ def merge(paths: list[Path], out: Path) -> int:
     for batch, stats in merged["latency"].items():
         ref = stats.get("patchcore/fp32")
         for row in stats.values():
-            row.pop("median_vs_patchcore", None), row.pop("p99_vs_patchcore", None)
+            row.pop("median_vs_patchcore", None)
+            row.pop("p99_vs_patchcore", None)
             if ref:
                 row["median_vs_patchcore"] = row["median_ms"] / ref["median_ms"]
                 row["p99_vs_patchcore"] = row["p99_ms"] / ref["p99_ms"]

@@ -34,7 +34,7 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_aupr")
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    train = [t for t in metrics["calibration"]["main"].get("training", [])]
+    train = metrics["calibration"]["main"].get("training", [])
     return {
         "final": {k: metrics["final"][k] for k in KEYS if k in metrics["final"]},
         "forgetting": {k: metrics["forgetting"][k] for k in KEYS if k in metrics["forgetting"]},

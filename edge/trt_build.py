@@ -547,15 +547,14 @@ def ensure_engine(
     chosen = select_engine(bundle.engines, info, precision, bundle.max_batch)
     if chosen is not None:
         return {**chosen, "origin": "bundled"}
-    base = bundle.base if getattr(bundle, "base", None) is not None else bundle
+    base = bundle.base if bundle.base is not None else bundle
     cdir = Path(cache_dir) if cache_dir else engine_cache_dir(base.root, bundle.name)
     graph_sha = bundle.graph_sha256
     hit = cached_engine(cdir, graph_sha, info, precision, bundle.max_batch)
     if hit is not None:
         return {**hit, "origin": "cached"}
     plan = cdir / graph_sha[:16] / plan_filename(precision, info)
-    structure = getattr(bundle, "structure_sha256", None)
-    refittable = bool(getattr(bundle, "refittable", False))
+    structure, refittable = bundle.structure_sha256, bundle.refittable
     if refittable and structure:
         source = find_refit_source(cdir, structure, info, precision, bundle.max_batch)
         if source is not None:
