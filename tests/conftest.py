@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from polling import wait_for
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -57,18 +58,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float = 60.0, interval: float = 0.05, what: str = ""
-) -> None:
-    """Poll until ``predicate()``; generous timeouts because CI machines are slow and loaded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
 class Broker:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from polling import wait_for
 
 pytest.importorskip("torch", reason="the trainer and the exporter need torch")
 pytest.importorskip("onnxruntime", reason="the edge runs the graph in onnxruntime")
@@ -116,16 +117,6 @@ def test_tiled_model_finds_the_small_defects_the_resize_model_misses(runs: dict)
     # the geometry is part of the run's saved config, frame size learnt from the data
     saved = json.loads((runs["tile"][0] / "state" / "run.json").read_text())["config"]["geometry"]
     assert saved == {**TILE, "scale": 1.0, "frame_size": [FRAME_WH[1], FRAME_WH[0]]}
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _test_frames(large_data: Path) -> tuple[np.ndarray, np.ndarray, list[Any]]:

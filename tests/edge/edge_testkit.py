@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import polling
 
 FRAME_WH = (160, 120)  # camera frames (w, h)
 MODEL_HW = (64, 64)  # model input (h, w)
@@ -30,13 +31,8 @@ DEFECT_BGR = (30, 240, 250)
 def wait_for(
     predicate: Callable[[], bool], timeout: float = 90.0, interval: float = 0.05, what: str = ""
 ) -> None:
-    """Poll until true; generous timeouts (slow, loaded CI), no timing assertions."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+    """The shared poller with a longer default: a runtime starts threads and a broker link first."""
+    polling.wait_for(predicate, timeout, interval, what)
 
 
 def background(wh: tuple[int, int] = FRAME_WH) -> np.ndarray:

@@ -28,7 +28,6 @@ from edge_testkit import (
 )
 
 from edge import payloads
-from edge.runtime import EdgeRuntime
 
 SITE = "linewatch/site/line/station"
 
@@ -52,21 +51,6 @@ def first_by_id(docs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     for d in docs:
         out.setdefault(d["frame_id"], d)
     return out
-
-
-@pytest.fixture
-def runtime_factory() -> Any:
-    made: list[EdgeRuntime] = []
-
-    def make(*args: Any, **kwargs: Any) -> EdgeRuntime:
-        rt = EdgeRuntime(*args, **kwargs)
-        made.append(rt)
-        rt.start()
-        return rt
-
-    yield make
-    for rt in made:
-        rt.shutdown()
 
 
 @pytest.mark.parametrize("writer", ["onnx-helper", "export"])

@@ -21,7 +21,6 @@ from edge_testkit import edge_config, wait_for
 from trained_methods_kit import HW, TASKS, get_kit
 
 from edge import payloads
-from edge.runtime import EdgeRuntime
 
 pytestmark = pytest.mark.slow
 SITE = "linewatch/site/line/station"
@@ -32,21 +31,6 @@ PER_TASK = 3  # good and defect frames per task
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory: pytest.TempPathFactory):
     return get_kit(tmp_path_factory)
-
-
-@pytest.fixture
-def runtimes():
-    made: list[EdgeRuntime] = []
-
-    def make(*args: Any, **kwargs: Any) -> EdgeRuntime:
-        rt = EdgeRuntime(*args, **kwargs)
-        made.append(rt)
-        rt.start()
-        return rt
-
-    yield make
-    for rt in made:
-        rt.shutdown()
 
 
 def _frames(kit) -> dict[str, tuple[np.ndarray, int, tuple[int, int, int, int] | None]]:
@@ -90,7 +74,7 @@ def _drop(folder: Path, name: str, rgb: np.ndarray) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_trained_method_serves_end_to_end(
-    method: str, kit, mqtt_broker: Any, mqtt_recorder: Any, runtimes: Any, tmp_path: Path
+    method: str, kit, mqtt_broker: Any, mqtt_recorder: Any, runtime_factory: Any, tmp_path: Path
 ) -> None:
     from export.parity import ort_infer, ort_session
 
@@ -112,7 +96,7 @@ def test_trained_method_serves_end_to_end(
         reload={"key": str(pub), "require_signature": True, "watch_interval_s": 0.1},
         batch={"size": 2, "max_wait_ms": 20},
     )
-    rt = runtimes(cfg, bundle, [f"dir:{folder}"])
+    rt = runtime_factory(cfg, bundle, [f"dir:{folder}"])
     for n in names:
         _drop(folder, n, frames[n][0])
 

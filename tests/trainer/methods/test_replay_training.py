@@ -1,4 +1,6 @@
-"""STFPM on the generated 3-task sequence: replay beats naive fine-tuning, and metrics.json says what the buffer costs.
+"""EfficientAD and STFPM on the generated 3-task sequence: replay beats naive fine-tuning, and
+metrics.json says what the buffer costs. Both learn through `trainer/methods/replay.py`, so the same
+assertions hold for each.
 
 The runs are made once per session by `trained_methods_kit` (64 px, brief training) and reused by the
 export and edge tests.
@@ -14,13 +16,18 @@ from trained_methods_kit import REPLAY_SIZE, TASKS, get_kit
 from trainer.methods.registry import available
 
 pytestmark = pytest.mark.slow
-METHOD = "stfpm"
+METHODS = ("efficientad", "stfpm")
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory):
+def runs(tmp_path_factory: pytest.TempPathFactory, method: str):
     kit = get_kit(tmp_path_factory)
-    return {s: kit.run(METHOD, s) for s in ("naive", "replay")}, kit
+    return {s: kit.run(method, s) for s in ("naive", "replay")}, kit
 
 
 def _table(metrics: dict) -> str:
@@ -32,12 +39,12 @@ def _table(metrics: dict) -> str:
     )
 
 
-def test_replay_beats_naive_on_final_auroc_and_forgetting(runs) -> None:
+def test_replay_beats_naive_on_final_auroc_and_forgetting(runs, method: str) -> None:
     (by_strategy, kit) = runs
     naive, replay = by_strategy["naive"][1], by_strategy["replay"][1]
     print("\n" + _table(naive) + "\n" + _table(replay))
     print("seconds:", json.dumps({k: round(v, 1) for k, v in kit.seconds.items()}))
-    assert METHOD in available() and available()[METHOD] == ("replay", "naive")
+    assert method in available() and available()[method] == ("replay", "naive")
     assert naive["tasks"] == replay["tasks"] == list(TASKS)
     assert replay["final"]["image_auroc"] >= naive["final"]["image_auroc"] + 0.1
     assert replay["forgetting"]["image_auroc"] <= naive["forgetting"]["image_auroc"] - 0.1
