@@ -109,10 +109,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def measure(bundle_dir: Path, frames: list[np.ndarray], n: int, threads: int) -> dict[str, Any]:
+    from contract.geometry import Geometry
     from edge.backends.onnxruntime import OrtBackend
     from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.geometry import Geometry
     from edge.tiling import FrameScorer
 
     bundle = open_bundle(bundle_dir)

@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.geometry import Geometry
 from edge import signing
-from edge.geometry import Geometry
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.geometry import Geometry, combine_tasks
+from contract.geometry import Geometry, combine_tasks
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.geometry import Geometry
 from edge import signing
 from edge.bundle import (
     GOLDEN_DIR,
@@ -52,7 +53,6 @@ from edge.bundle import (
     read_manifest,
     sha256_file,
 )
-from edge.geometry import Geometry
 from export.checks import CheckLimits, StaticReport, run_static_checks
 from export.graph_structure import structure_sha256
 from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx

@@ -90,8 +90,8 @@ def golden_from_data(
 
 
 def _golden_tiles(paths: list[Path], geometry: dict[str, Any], input_hw: tuple[int, int]) -> np.ndarray:
+    from contract.geometry import Geometry
     from trainer.data import image_size, read_images
-    from trainer.geometry import Geometry
 
     g = Geometry.from_dict(geometry, input_hw)
     frames = read_images(paths, g.frame_hw or image_size(paths[0]))

@@ -134,10 +134,10 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 ) -> None:
     import cv2
 
+    from contract.geometry import Geometry
     from edge.backends.onnxruntime import OrtBackend
     from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.geometry import Geometry
     from edge.postprocess import find_regions
     from edge.tiling import FrameScorer
     from trainer.data.synth import bbox_of

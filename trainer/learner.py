@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.geometry import Geometry
 from trainer.config import TrainConfig
-from trainer.geometry import Geometry
 from trainer.methods.base import Method, Prediction
 from trainer.methods.registry import create_method, method_class
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from edge_testkit import edge_config, make_bundle, overlaps, wait_for
 
+from contract.geometry import Geometry
 from edge import payloads
 from edge.bundle import BundleError, open_bundle
 from edge.config import BackendConfig
-from edge.geometry import Geometry
 from edge.postprocess import find_regions
 from edge.runtime import EdgeRuntime
 from edge.tiling import FrameScorer

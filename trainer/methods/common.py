@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.geometry import Geometry, combine_tasks
+from contract.geometry import Geometry, combine_tasks
 from trainer.methods.base import Prediction, ScoringGraph
 
 

@@ -1,4 +1,4 @@
-"""Input geometry helpers (trainer/geometry.py == edge/geometry.py) and the `geometry` config section."""
+"""Input geometry (contract/geometry.py, the one implementation trainer and edge share) and the `geometry` config section."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-import edge.geometry as edge_geometry
-import trainer.geometry as trainer_geometry
+from contract.geometry import Geometry, combine_tasks, tile_boxes, tile_starts, tile_window
 from trainer.config import ConfigError, TrainConfig, load_config
-from trainer.geometry import Geometry, combine_tasks, tile_boxes, tile_starts, tile_window
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRIES = [
@@ -25,23 +23,14 @@ GEOMETRIES = [
 ]
 
 
-def test_trainer_and_edge_copies_are_the_same_file() -> None:
-    # The trainer and the edge may not import each other; the edge must cut and stitch exactly as training did.
-    assert (ROOT / "trainer/geometry.py").read_bytes() == (ROOT / "edge/geometry.py").read_bytes()
+def test_trainer_and_edge_use_the_one_geometry_module() -> None:
+    # One implementation, so the edge cuts and stitches exactly as training did: no copies to drift.
+    import edge.tiling
+    import trainer.learner
+    import trainer.methods.common
 
-
-@pytest.mark.parametrize("doc", GEOMETRIES)
-def test_both_copies_give_identical_tiles_and_stitched_maps(doc: dict) -> None:
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (150, 200, 3), dtype=np.uint8)
-    a, b = trainer_geometry.Geometry.from_dict(doc), edge_geometry.Geometry.from_dict(doc)
-    pa, pb = a.plan(frame.shape[:2]), b.plan(frame.shape[:2])
-    np.testing.assert_array_equal(pa.boxes, pb.boxes)
-    np.testing.assert_array_equal(pa.cut(frame), pb.cut(frame))
-    np.testing.assert_array_equal(pa.cut(frame, bgr=True), pb.cut(frame, bgr=True))
-    maps = rng.random((pa.n, *a.tile_hw), dtype=np.float32)
-    np.testing.assert_array_equal(pa.stitch(maps), pb.stitch(maps))
-    assert a.as_dict() == b.as_dict()
+    assert edge.tiling.Geometry is trainer.learner.Geometry is trainer.methods.common.Geometry is Geometry
+    assert not (ROOT / "trainer/geometry.py").exists() and not (ROOT / "edge/geometry.py").exists()
 
 
 @pytest.mark.parametrize(

@@ -18,9 +18,9 @@ Three modes, a model setting recorded in the run config and in the bundle manife
 
 The image score is the max of the stitched map; the task of a frame is the majority of its tiles'.
 
-This file exists twice, byte for byte: ``trainer/geometry.py`` and ``edge/geometry.py`` (the trainer
-and the edge may not import each other). A test checks that the two copies are identical, so the
-edge cuts and stitches exactly as training did. numpy and OpenCV only.
+This is the one implementation: the trainer, the exporter and the torch-free edge all import it
+(``contract/`` is the small package every part may import), so the box cuts, resizes and stitches
+exactly as training and evaluation did. numpy and OpenCV only.
 """
 
 from __future__ import annotations
