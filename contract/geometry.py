@@ -2,7 +2,7 @@
 
 Three modes, a model setting recorded in the run config and in the bundle manifest (`geometry`):
 
-- ``resize``: the frame is squeezed to the model input (the original behaviour; the default).
+- ``resize``: the frame is squeezed to the model input (the original behaviour).
 - ``letterbox``: the frame is scaled to fit the model input with its aspect kept and padded with
   zeros, centred; the map is cropped back to the picture and scaled to the frame.
 - ``tile``: the frame is brought to ``frame_hw`` (when known), rescaled by ``scale`` (1 = native
@@ -16,7 +16,14 @@ Three modes, a model setting recorded in the run config and in the bundle manife
   frame, its last tiles aligned to that border) and crops the map back, so the frame's own border
   is seen from inside a tile too; ``overlap / 2`` is a good value.
 
+``resize`` is a one-tile plan like the others, so there is one frame path: every mode cuts, scores
+and stitches, and every resampling goes through ``resize_frame`` (INTER_AREA to shrink, bilinear to
+enlarge), in training, evaluation and on the box alike.
+
 The image score is the max of the stitched map; the task of a frame is the majority of its tiles'.
+
+The trainer's default is ``auto`` (``choose_geometry``): a rule on the training frames' size that
+resolves to ``resize`` or ``tile`` once, at the first ``fit``, and is recorded with its reason.
 
 This is the one implementation: the trainer, the exporter and the torch-free edge all import it
 (``contract/`` is the small package every part may import), so the box cuts, resizes and stitches
@@ -26,6 +33,7 @@ exactly as training and evaluation did. numpy and OpenCV only.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +85,80 @@ def combine_tasks(tasks: np.ndarray) -> int:
     return int(np.bincount(np.maximum(tasks, 0)).argmax())
 
 
+def resize_frame(image: np.ndarray, hw: tuple[int, int], dst: np.ndarray | None = None) -> np.ndarray:
+    """``image`` at ``hw`` = (H, W): INTER_AREA when it shrinks (it averages, so thin defects fade
+    instead of vanishing between samples), bilinear when it grows. The only resampling of frames in
+    Linewatch: the trainer's reader, the tile plans and the edge all call it, so they cannot drift."""
+    h, w = int(hw[0]), int(hw[1])
+    if image.shape[:2] == (h, w):
+        if dst is None:
+            return image
+        dst[...] = image
+        return dst
+    shrink = h * w < image.shape[0] * image.shape[1]
+    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    if dst is None:
+        return cv2.resize(image, (w, h), interpolation=interpolation)
+    cv2.resize(image, (w, h), dst=dst, interpolation=interpolation)
+    return dst
+
+
+# ``auto``: squeezing a frame by more than this (linear factor) loses defects a few pixels wide, so
+# larger frames are tiled. Frames up to 2x the model input lose at most half a pixel per pixel of
+# defect width: a 3 px scratch stays 1.5 px, still one stride-8 feature cell's worth of contrast.
+AUTO_MAX_SHRINK = 2.0
+# ``auto`` tiles with this share of the tile as overlap (and half of it as mirrored margin), so every
+# pixel is seen away from a tile border by some tile.
+AUTO_OVERLAP_FRACTION = 1 / 8
+# ``auto`` keeps native resolution unless that needs more tiles per frame than this; then it scales
+# the frame down just enough, but never by more than AUTO_MAX_SHRINK.
+AUTO_MAX_TILES = 8
+
+
+def choose_geometry(frame_sizes: list[tuple[int, int]], tile_hw: tuple[int, int]) -> tuple[dict[str, Any], str]:
+    """The ``auto`` rule: a geometry dict (``Geometry.from_dict``) and the reason, in words.
+
+    Why a rule on sizes alone: the defects are not known at training time (only good parts are), and
+    what makes them disappear is the linear shrink a squeeze applies. ``frame_sizes`` are the (H, W)
+    of the training frames (one per task is enough). Tiled frames keep their own size (``frame_size``
+    stays None), so tasks whose cameras differ (landscape, portrait) are each cut at their own scale.
+    """
+    th, tw = int(tile_hw[0]), int(tile_hw[1])
+    if not frame_sizes:
+        raise ValueError("auto geometry needs the size of at least one training frame")
+    shrink = max(max(h / th, w / tw) for h, w in frame_sizes)
+    biggest = max(frame_sizes, key=lambda hw: hw[0] * hw[1])
+    if shrink <= AUTO_MAX_SHRINK:
+        return {"mode": "resize", "tile": [th, tw]}, (
+            f"auto: frames up to {biggest[0]}x{biggest[1]} are at most {shrink:.2f}x the {th}x{tw} model "
+            f"input (limit {AUTO_MAX_SHRINK:g}x), so they are resized"
+        )
+    overlap = max(0, round(min(th, tw) * AUTO_OVERLAP_FRACTION))
+    margin = overlap // 2
+    # Never below the shrink limit, and never so small that a frame's side no longer fills a tile.
+    floor = max(1.0 / AUTO_MAX_SHRINK, max((min(th, tw) - 2 * margin) / min(h, w) for h, w in frame_sizes))
+    candidates = [s for s in (round(1.0 - 0.05 * i, 2) for i in range(20)) if s >= floor] or [1.0]
+
+    def tiled(scale: float) -> tuple[dict[str, Any], int]:
+        doc = {"mode": "tile", "tile": [th, tw], "overlap": overlap, "scale": scale, "margin": margin}
+        return doc, max(Geometry.from_dict(doc).plan(hw).n for hw in frame_sizes)
+
+    doc, tiles = tiled(candidates[-1])
+    for scale in candidates:  # the largest scale (1 = native) within the tile budget
+        doc, tiles = tiled(scale)
+        if tiles <= AUTO_MAX_TILES:
+            break
+    scale = doc["scale"]
+    why = "native pixels" if scale == 1 else f"scaled by {scale:g} to stay within {AUTO_MAX_TILES} tiles per frame"
+    if tiles > AUTO_MAX_TILES:
+        why = f"scaled by {scale:g}, the least allowed; {AUTO_MAX_TILES} tiles per frame cannot be kept"
+    return doc, (
+        f"auto: frames up to {biggest[0]}x{biggest[1]} would be squeezed {shrink:.2f}x into the {th}x{tw} "
+        f"model input (limit {AUTO_MAX_SHRINK:g}x), so they are tiled: {why}; {tiles} tiles for the "
+        f"largest frame, overlap {overlap} px, margin {margin} px"
+    )
+
+
 def _hw(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -94,6 +176,7 @@ class Geometry:
     scale: float = 1.0
     frame_hw: tuple[int, int] | None = None
     margin: int = 0
+    reason: str | None = field(default=None, compare=False)  # why ``auto`` chose this geometry
     _plans: dict[tuple[int, int], FramePlan] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +205,7 @@ class Geometry:
             scale=float(doc.get("scale", 1.0)),
             frame_hw=_hw(doc.get("frame_size")),
             margin=int(doc.get("margin", 0)),
+            reason=doc.get("reason"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,6 +216,7 @@ class Geometry:
             "scale": float(self.scale),
             "frame_size": list(self.frame_hw) if self.frame_hw else None,
             "margin": int(self.margin),
+            **({"reason": self.reason} if self.reason else {}),
         }
 
     @property
@@ -144,6 +229,8 @@ class Geometry:
         key = (int(frame_hw[0]), int(frame_hw[1]))
         plan = self._plans.get(key)
         if plan is None:
+            if len(self._plans) >= 64:  # a camera whose frame size keeps changing: do not grow forever
+                self._plans.clear()
             plan = self._plans[key] = FramePlan(self, key)
         return plan
 
@@ -154,16 +241,18 @@ class Geometry:
         hw = frame_hw or self.frame_hw
         return None if hw is None else len(self.plan(hw).boxes)
 
-    def cut_many(self, frames: np.ndarray) -> np.ndarray:
-        """Every model input of every frame, frame by frame (training): (N * tiles, th, tw, 3)."""
-        frames = np.asarray(frames)
+    def cut_many(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Every model input of every frame, frame by frame (training): (sum of tiles, th, tw, 3).
+
+        ``frames`` is an (N, H, W, 3) array or a list of frames of different sizes."""
         if len(frames) == 0:
             return np.empty((0, *self.tile_hw, 3), np.uint8)
-        plan = self.plan(frames.shape[1:3])
-        n = len(plan.boxes)
-        out = np.empty((len(frames) * n, *self.tile_hw, 3), np.uint8)
-        for i, frame in enumerate(frames):
-            plan.cut(frame, out[i * n : (i + 1) * n])
+        counts = [self.plan(f.shape[:2]).n for f in frames]
+        out = np.empty((sum(counts), *self.tile_hw, 3), np.uint8)
+        start = 0
+        for frame, n in zip(frames, counts, strict=True):
+            self.plan(frame.shape[:2]).cut(frame, out[start : start + n])
+            start += n
         return out
 
 
@@ -213,16 +302,11 @@ class FramePlan:
 
     def _resized(self, frame: np.ndarray) -> np.ndarray:
         """The frame at the working size, in a buffer reused from frame to frame."""
-        wh, ww = self.work_hw
-        if frame.shape[:2] == (wh, ww):
+        if frame.shape[:2] == self.work_hw:
             return frame
         if self._work is None:
-            self._work = np.empty((wh, ww, 3), np.uint8)
-        shrink = wh * ww < frame.shape[0] * frame.shape[1]
-        cv2.resize(
-            frame, (ww, wh), dst=self._work, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        )
-        return self._work
+            self._work = np.empty((*self.work_hw, 3), np.uint8)
+        return resize_frame(frame, self.work_hw, dst=self._work)
 
     def cut(self, frame: np.ndarray, out: np.ndarray | None = None, bgr: bool = False) -> np.ndarray:
         """The frame's model inputs (n, th, tw, 3) uint8 RGB, written into ``out`` when given.
@@ -236,6 +320,11 @@ class FramePlan:
             out = np.empty((self.n, th, tw, 3), np.uint8)
         if out.shape != (self.n, th, tw, 3) or out.dtype != np.uint8:
             raise ValueError(f"out must be uint8 {(self.n, th, tw, 3)}, got {out.dtype}{out.shape}")
+        if self.geometry.mode == "resize":  # one tile, the whole frame: resample straight into it
+            resize_frame(frame, self.work_hw, dst=out[0])
+            if bgr:
+                cv2.cvtColor(out[0], cv2.COLOR_BGR2RGB, dst=out[0])
+            return out
         src = self._resized(frame)
         if self.margin:
             m = self.margin
@@ -255,8 +344,11 @@ class FramePlan:
                 cv2.cvtColor(out[i], cv2.COLOR_BGR2RGB, dst=out[i])
         return out
 
-    def stitch(self, maps: np.ndarray) -> np.ndarray:
-        """Per-input maps (n, th, tw) -> one float32 map at the frame's size (overlaps averaged)."""
+    def stitch(self, maps: np.ndarray, frame_size: bool = True) -> np.ndarray:
+        """Per-input maps (n, th, tw) -> one float32 map at the frame's size (overlaps averaged).
+
+        ``frame_size=False`` leaves a ``resize`` map at model resolution (the edge finds regions on it
+        and scales their boxes, which is cheaper than upsampling every frame's map)."""
         maps = np.asarray(maps, dtype=np.float32)
         th, tw = self.geometry.tile_hw
         if maps.shape != (self.n, th, tw):
@@ -276,6 +368,6 @@ class FramePlan:
             acc = np.ascontiguousarray(maps[0, oy : oy + self.work_hw[0], ox : ox + self.work_hw[1]])
         else:
             acc = maps[0]
-        if acc.shape != self.frame_hw:
-            acc = cv2.resize(acc, (self.frame_hw[1], self.frame_hw[0]), interpolation=cv2.INTER_LINEAR)
+        if acc.shape != self.frame_hw and (frame_size or self.geometry.framed):
+            acc = resize_frame(acc, self.frame_hw)
         return acc

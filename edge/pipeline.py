@@ -2,11 +2,10 @@
 
 Stages run concurrently and hand over through bounded queues with an explicit full policy, so a slow
 stage never stalls the camera (live sources drop the oldest frame, counted) and memory stays flat.
-The inference thread micro-batches across cameras and preprocesses with one ``cv2.resize`` per
-frame straight into a preallocated batch buffer (plus an in-place BGR->RGB swap in that buffer),
-which is reused for every batch. Bundles with a ``tile`` or ``letterbox`` geometry are scored frame
-by frame instead (``edge/tiling.py``): the frame's tiles, cut into a reused buffer, are one batch and
-their maps are stitched into a map at the frame's resolution. The postprocess thread turns maps into
+The inference thread micro-batches across cameras and hands each batch to ``edge/tiling.py``, which
+cuts every frame into its model inputs (one tile for ``resize``; the same ``contract.geometry`` code
+the trainer evaluated with) straight into a reused buffer, runs them, and stitches each frame's map.
+The postprocess thread turns maps into
 regions and payloads and writes them to the outbox, from which each camera's MQTT link delivers them
 in order.
 """
@@ -20,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge import payloads
@@ -126,8 +124,7 @@ class InferenceWorker:
         self.signal = threading.Event()
         for cam in cameras:
             cam.attach_signal(self.signal)
-        self._buffer: np.ndarray | None = None
-        self._scorer: tuple[LoadedModel, FrameScorer | None] | None = None
+        self._scorer: tuple[LoadedModel, FrameScorer] | None = None
         self._rr = 0
         self.batches = 0
         self.errors = 0
@@ -180,12 +177,6 @@ class InferenceWorker:
             self.signal.wait(0.5)
             self.signal.clear()
 
-    def _buffer_for(self, model: LoadedModel, size: int) -> np.ndarray:
-        h, w = model.bundle.input_hw
-        if self._buffer is None or self._buffer.shape != (size, h, w, 3):
-            self._buffer = np.empty((size, h, w, 3), np.uint8)  # allocated once per model geometry
-        return self._buffer
-
     def _run(self) -> None:
         try:
             while True:
@@ -204,62 +195,32 @@ class InferenceWorker:
         finally:
             self.results.close()
 
-    def _frame_scorer(self, model: LoadedModel) -> FrameScorer | None:
-        """The whole-frame scorer of a tile/letterbox model (None for resize), kept per model."""
+    def _scorer_for(self, model: LoadedModel) -> FrameScorer:
+        """The model's scorer (geometry plans, tile buffer), made once per model."""
         if self._scorer is None or self._scorer[0] is not model:
-            framed = model.bundle.geometry["mode"] != "resize"
-            self._scorer = (model, FrameScorer(model.bundle, model.backend) if framed else None)
+            self._scorer = (model, FrameScorer(model.bundle, model.backend))
         return self._scorer[1]
 
-    def _infer_frames(self, model: LoadedModel, scorer: FrameScorer, batch: list[Frame]) -> None:
-        """Tile/letterbox geometry: each frame's tiles are one batch; the map comes back at frame size."""
-        for frame in batch:
-            t_start = time.perf_counter()
-            try:
-                out = scorer.score(frame.image)
-            except Exception as exc:
-                self.errors += 1
-                log.error(
-                    "inference failed; frame skipped", extra={"error": str(exc), "camera": frame.camera}
-                )
-                time.sleep(0.05)
-                continue
-            scored = Scored(
-                frame, out.anomaly_map, out.score, out.task, model,
-                queue_ms=max(0.0, (t_start - frame.t_captured) * 1000.0),
-                preprocess_ms=out.cut_ms + out.stitch_ms, infer_ms=out.infer_ms,
-            )  # fmt: skip
-            if not self.results.put(scored):
-                log.warning("result dropped: result queue full", extra={"camera": frame.camera})
-        self.batches += 1
-        self.last_progress = time.monotonic()
+    @property
+    def _buffer(self) -> np.ndarray | None:
+        """The reused batch buffer of model inputs (for tests and metrics)."""
+        return None if self._scorer is None else self._scorer[1]._buffer
 
     def _infer(self, model: LoadedModel, batch: list[Frame], size: int) -> None:
-        scorer = self._frame_scorer(model)
-        if scorer is not None:
-            self._infer_frames(model, scorer, batch)
-            return
-        buf = self._buffer_for(model, size)
-        h, w = model.bundle.input_hw
+        """One micro-batch: cut every frame into the reused buffer, infer, stitch, hand on."""
         t_start = time.perf_counter()
-        for i, frame in enumerate(batch):
-            cv2.resize(frame.image, (w, h), dst=buf[i], interpolation=cv2.INTER_LINEAR)
-            cv2.cvtColor(buf[i], cv2.COLOR_BGR2RGB, dst=buf[i])
-        t_pre = time.perf_counter()
         try:
-            maps, scores, tasks = model.backend.infer(buf[: len(batch)])
+            outs = self._scorer_for(model).score_many([f.image for f in batch])
         except Exception as exc:
             self.errors += 1
             log.error("inference failed; batch skipped", extra={"error": str(exc), "frames": len(batch)})
             time.sleep(0.05)
             return
-        t_inf = time.perf_counter()
-        pre_ms = (t_pre - t_start) * 1000.0 / len(batch)
-        inf_ms = (t_inf - t_pre) * 1000.0
-        for i, frame in enumerate(batch):
+        for frame, out in zip(batch, outs, strict=True):
             scored = Scored(
-                frame, maps[i], float(scores[i]), int(tasks[i]), model,
-                queue_ms=max(0.0, (t_start - frame.t_captured) * 1000.0), preprocess_ms=pre_ms, infer_ms=inf_ms,
+                frame, out.anomaly_map, out.score, out.task, model,
+                queue_ms=max(0.0, (t_start - frame.t_captured) * 1000.0),
+                preprocess_ms=out.cut_ms + out.stitch_ms, infer_ms=out.infer_ms,
             )  # fmt: skip
             if not self.results.put(scored):
                 log.warning("result dropped: result queue full", extra={"camera": frame.camera})

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from contract.frames import decode_file
 from edge.config import CameraConfig
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ class DirReader:
         _, name = self._pending.pop(0)
         self._seen.add(name)
         self.current_name = name
-        image = cv2.imread(str(self.folder / name), cv2.IMREAD_COLOR)
+        image = decode_file(self.folder / name)  # the trainer's decode rule (contract/frames.py)
         if image is None:
             log.warning("undecodable image skipped", extra={"source": self.spec.uri, "file": name})
             return ReadStatus.BAD, None, "undecodable"

@@ -1,17 +1,20 @@
-"""Whole-frame scoring for bundles with a `letterbox` or `tile` geometry.
+"""The inference stage: frames -> model inputs -> backend -> one map and one score per frame.
 
-The frame is cut into model inputs in one pass into a buffer reused from frame to frame (BGR->RGB
-swapped in place there), the tiles run through the backend as one batch (the exporter sets
-max_batch to the tiles of a frame; a frame bigger than the bundle knew runs in max_batch chunks),
-and the per-tile maps are stitched back to a map at the frame's own resolution, so regions come out
-in full-frame pixels. Score = max of the stitched map; task = the majority of the tiles' tasks.
-Exactly what the trainer does (trainer/geometry.py is the same file as edge/geometry.py).
+Every geometry goes through the same steps, because ``resize`` is a one-tile plan
+(``contract/geometry.py``, the module the trainer evaluates with, so the box scores exactly the image
+the trainer scored): each frame of a micro-batch is cut into its tiles, in one pass, into a buffer
+reused from batch to batch (BGR->RGB swapped in place there); all the batch's tiles run through the
+backend in chunks of the bundle's ``max_batch``; each frame's tile maps are stitched back. A tiled or
+letterboxed frame gets a map at its own resolution, so regions come out in full-frame pixels; a
+resized frame keeps the model-resolution map (postprocess scales region boxes) and the graph's score.
+Score = max of the stitched map; task = the majority of the tiles' tasks.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,12 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FrameScore:
-    anomaly_map: np.ndarray  # (H, W) float32 at the frame's resolution
+    anomaly_map: np.ndarray  # (H, W) float32: frame resolution (tile, letterbox) or model resolution (resize)
     score: float
     task: int
     tiles: int
-    cut_ms: float
-    infer_ms: float
+    cut_ms: float  # this frame's share of cutting and resampling
+    infer_ms: float  # the backend time of the batch the frame ran in
     stitch_ms: float
 
 
@@ -44,32 +47,54 @@ class FrameScorer:
         self._warned: set[tuple[int, int]] = set()
 
     def _tiles_buffer(self, n: int) -> np.ndarray:
+        """At least ``n`` model inputs; grows (rarely: a bigger frame) and is otherwise reused."""
         th, tw = self.geometry.tile_hw
-        if self._buffer is None or self._buffer.shape[0] != n:
-            self._buffer = np.empty((n, th, tw, 3), np.uint8)  # once per frame size
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = np.empty((max(n, self.max_batch), th, tw, 3), np.uint8)
         return self._buffer
 
     def score(self, frame: np.ndarray, bgr: bool = True) -> FrameScore:
         """Score one frame (OpenCV BGR by default)."""
+        return self.score_many([frame], bgr)[0]
+
+    def score_many(self, frames: Sequence[np.ndarray], bgr: bool = True) -> list[FrameScore]:
+        """Score a micro-batch of frames (of any sizes) with as few backend calls as ``max_batch`` allows."""
         t0 = time.perf_counter()
-        plan = self.geometry.plan(frame.shape[:2])
-        tiles = plan.cut(frame, self._tiles_buffer(plan.n), bgr=bgr)
+        plans = [self.geometry.plan(f.shape[:2]) for f in frames]
+        total = sum(p.n for p in plans)
+        tiles = self._tiles_buffer(total)
+        start = 0
+        for frame, plan in zip(frames, plans, strict=True):
+            plan.cut(frame, tiles[start : start + plan.n], bgr=bgr)
+            start += plan.n
+            if plan.n > self.max_batch and plan.frame_hw not in self._warned:
+                self._warned.add(plan.frame_hw)
+                log.warning(
+                    "frame has more tiles than the bundle's max_batch; scored in chunks",
+                    extra={"tiles": plan.n, "max_batch": self.max_batch, "frame": list(plan.frame_hw)},
+                )
         t1 = time.perf_counter()
-        if plan.n > self.max_batch and plan.frame_hw not in self._warned:
-            self._warned.add(plan.frame_hw)
-            log.warning(
-                "frame has more tiles than the bundle's max_batch; scored in chunks",
-                extra={"tiles": plan.n, "max_batch": self.max_batch, "frame": list(plan.frame_hw)},
-            )
-        maps, tasks = [], []
-        for start in range(0, plan.n, self.max_batch):
-            m, _s, t = self.backend.infer(tiles[start : start + self.max_batch])
+        maps, scores, tasks = [], [], []
+        for s in range(0, total, self.max_batch):
+            m, sc, t = self.backend.infer(tiles[s : min(s + self.max_batch, total)])
             maps.append(m)
+            scores.append(sc)
             tasks.append(t)
         t2 = time.perf_counter()
-        tile_maps = maps[0] if len(maps) == 1 else np.concatenate(maps)
-        full = plan.stitch(tile_maps)
-        score = float(full.max())
-        task = combine_tasks(np.concatenate(tasks))
-        t3 = time.perf_counter()
-        return FrameScore(full, score, task, plan.n, (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        maps_all = maps[0] if len(maps) == 1 else np.concatenate(maps)
+        scores_all = scores[0] if len(scores) == 1 else np.concatenate(scores)
+        tasks_all = np.asarray(tasks[0] if len(tasks) == 1 else np.concatenate(tasks))
+        out: list[FrameScore] = []
+        start = 0
+        cut_ms = (t1 - t0) * 1e3 / len(frames)
+        for plan in plans:
+            t_s = time.perf_counter()
+            part = slice(start, start + plan.n)
+            full = plan.stitch(maps_all[part], frame_size=False)
+            # resize: the graph's own score (the max of its map); framed: the max of the stitched map
+            score = float(scores_all[start]) if not self.geometry.framed else float(full.max())
+            task = combine_tasks(tasks_all[part])
+            start += plan.n
+            stitch_ms = (time.perf_counter() - t_s) * 1e3
+            out.append(FrameScore(full, score, task, plan.n, cut_ms, (t2 - t1) * 1e3, stitch_ms))
+        return out

@@ -44,6 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone")
     fit.add_argument("--backbone-weights", type=Path, help="local weights file when the hub is unreachable")
     fit.add_argument("--image-size", type=_size, help="H[xW] model resolution (default 256)")
+    fit.add_argument(
+        "--geometry",
+        choices=("auto", "resize", "letterbox", "tile"),
+        help="how frames become model inputs. auto (default): tile frames much larger than the model "
+        "input, resize the others; the choice and why are printed and saved with the run",
+    )
+    fit.add_argument("--overlap", type=int, help="tile: px shared by neighbouring tiles")
+    fit.add_argument("--scale", type=float, help="tile: rescale frames by this before tiling (1 = native)")
+    fit.add_argument("--margin", type=int, help="tile: px of mirrored border around the frame")
     fit.add_argument("--seed", type=int)
     fit.add_argument("--single-run", type=Path, help="a `single` run on the same tasks, for relative_gap")
     fit.add_argument("--no-progress", action="store_true")
@@ -69,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     dist = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher offline, cached")
     add_distill_arguments(dist)
     return p
+
+
+def _geometry_flags(args: argparse.Namespace) -> dict | None:
+    """The geometry keys given on the command line (they override the file and the environment)."""
+    given = {"mode": args.geometry, "overlap": args.overlap, "scale": args.scale, "margin": args.margin}
+    given = {k: v for k, v in given.items() if v is not None}
+    return given or None
 
 
 def _print_table(metrics: dict) -> None:
@@ -112,13 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                 backbone=args.backbone,
                 backbone_weights=args.backbone_weights,
                 image_size=args.image_size,
+                geometry=_geometry_flags(args),
                 seed=args.seed,
                 progress=False if args.no_progress else None,
                 report=False if args.no_report else None,
             )
             metrics = protocol.fit(cfg, args.data, args.tasks, args.out, args.single_run)
             _print_table(metrics)
-            print(f"\nrun written to {args.out}")
+            reason = metrics.get("geometry", {}).get("reason")
+            print(f"\ngeometry: {reason or metrics.get('geometry', {}).get('mode')}")
+            print(f"run written to {args.out}")
         elif args.command == "update":
             metrics = protocol.update(args.run, args.data, args.tasks, args.single_run)
             _print_table(metrics)

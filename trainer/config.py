@@ -97,13 +97,18 @@ class STFPMConfig(BaseModel):
 
 
 class GeometryConfig(BaseModel):
-    """How a camera frame becomes model inputs (trainer/geometry.py). The model input, and so the
-    tile, size is `image_size`. Saved with the run and written to the bundle manifest (`geometry`)."""
+    """How a camera frame becomes model inputs (contract/geometry.py). The model input, and so the
+    tile, size is `image_size`. Saved with the run and written to the bundle manifest (`geometry`).
+
+    `auto` (the default) is resolved once, at the first `fit`, from the training frames' size
+    (`contract.geometry.choose_geometry`) into `resize` or `tile`; the run keeps the result and
+    `reason`, so `update`, `eval`, the exporter and the edge never re-decide."""
 
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["resize", "letterbox", "tile"] = Field(
-        "resize",
-        description="resize: squeeze to image_size; letterbox: keep aspect, pad; tile: grid of tiles",
+    mode: Literal["auto", "resize", "letterbox", "tile"] = Field(
+        "auto",
+        description="auto: tile frames much larger than image_size, else resize; resize: squeeze to "
+        "image_size; letterbox: keep aspect, pad; tile: grid of tiles",
     )
     overlap: int = Field(0, ge=0, description="tile: px shared by neighbouring tiles (at the working scale)")
     scale: float = Field(
@@ -118,6 +123,13 @@ class GeometryConfig(BaseModel):
         ge=0,
         description="tile: px of mirrored frame around the frame, so its border is seen from inside a tile",
     )
+    learn_frame_size: bool = Field(
+        True,
+        description="tile/letterbox without frame_size: record the first task's frame size (True) or "
+        "cut every frame at its own size (False; what `auto` chooses, so cameras of different sizes "
+        "and orientations each keep their pixels)",
+    )
+    reason: str | None = Field(None, description="why `auto` chose this geometry (set by fit)")
 
 
 class TrainConfig(BaseSettings):
@@ -194,6 +206,7 @@ class TrainConfig(BaseSettings):
             "scale": g.scale,
             "frame_size": list(g.frame_size) if g.frame_size else None,
             "margin": g.margin,
+            **({"reason": g.reason} if g.reason else {}),
         }
 
     @classmethod
@@ -234,7 +247,10 @@ def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
             values = cfg.model_dump()
             if cfg._strategy_defaulted:  # a --method flag picks its own default strategy
                 values.pop("strategy")
-            cfg = config_from_values({**values, **{k: v for k, v in overrides.items() if v is not None}})
+            given = {k: v for k, v in overrides.items() if v is not None}
+            if isinstance(given.get("geometry"), dict):  # --geometry/--overlap/--scale change single keys
+                given["geometry"] = {**values["geometry"], **given["geometry"]}
+            cfg = config_from_values({**values, **given})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     return cfg

@@ -14,6 +14,7 @@ import numpy as np
 
 from contract.geometry import Geometry
 from trainer.config import TrainConfig
+from trainer.data.images import Frames, concat_frames
 from trainer.methods.base import Method, Prediction
 from trainer.methods.registry import create_method, method_class
 
@@ -31,9 +32,9 @@ class TaskData:
 
     name: str
     spec: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    train: Frames
+    val: Frames
+    test: Frames
     labels: np.ndarray
     masks: np.ndarray
     has_mask: np.ndarray
@@ -73,11 +74,19 @@ class Learner:
         geometry = self.geometry
         return geometry.cut_many(frames) if geometry.framed else frames
 
+    def set_geometry(self, doc: dict, reason: str) -> None:
+        """Fix the geometry `auto` chose (contract.geometry.choose_geometry): frames keep their own size."""
+        update = {k: doc[k] for k in ("mode", "overlap", "scale", "margin") if k in doc}
+        g = self.cfg.geometry.model_copy(update={**update, "learn_frame_size": False, "reason": reason})
+        self.cfg = self.cfg.model_copy(update={"geometry": g})
+        for m in self.methods.values():
+            m.geometry = self.geometry
+
     def _note_frame_size(self, task: TaskData) -> None:
         """Record the frame size in the config on first sight, so later tasks and the bundle agree."""
         g = self.cfg.geometry
-        if g.mode != "resize" and g.frame_size is None:
-            hw = (int(task.train.shape[1]), int(task.train.shape[2]))
+        if g.mode != "resize" and g.frame_size is None and g.learn_frame_size:
+            hw = (int(task.train[0].shape[0]), int(task.train[0].shape[1]))
             self.cfg = self.cfg.model_copy(update={"geometry": g.model_copy(update={"frame_size": hw})})
             for m in self.methods.values():
                 m.geometry = self.geometry
@@ -94,8 +103,8 @@ class Learner:
         elif strategy == "joint":
             m = self.new_method()
             name = "+".join(seen)
-            m.fit_task(name, self._inputs(np.concatenate([d.train for d in seen.values()])))
-            m.calibrate({name: np.concatenate([d.val for d in seen.values()])})
+            m.fit_task(name, self._inputs(concat_frames([d.train for d in seen.values()])))
+            m.calibrate({name: concat_frames([d.val for d in seen.values()])})
             self.methods = {"main": m}
         else:
             m = self.methods.get("main") or self.new_method()

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
+from contract.geometry import choose_geometry
 from trainer import metrics as M
 from trainer.config import TrainConfig
-from trainer.data import load_task, read_images, read_masks
+from trainer.data import image_size, load_task, read_images, read_masks, take_frames
 from trainer.learner import Learner, TaskData
 from trainer.report import TaskEval, write_report
 from trainer.runs import load_run, save_run
@@ -32,16 +33,18 @@ MATRIX_METRICS = (*M.METRIC_NAMES, CALIBRATED_F1)
 Log = Callable[[str], None]
 
 
-def _read_size(split: Any, cfg: TrainConfig) -> tuple[int, int]:
-    """Model resolution for the `resize` geometry. For `letterbox` and `tile`, the frame size (the
-    first training image's when not configured): the learner cuts the model inputs itself, and test
-    masks stay at full resolution so metrics judge the stitched full-frame maps."""
-    if cfg.geometry.mode == "resize":
+def _read_size(split: Any, cfg: TrainConfig) -> tuple[int, int] | None:
+    """Model resolution for the `resize` geometry. For `letterbox` and `tile`, the frame size: the
+    configured one, else the first training image's (the learner records it), or None to keep every
+    frame at its own size (`auto` tiling). The learner cuts the model inputs itself, and test masks
+    stay at full resolution so metrics judge the stitched full-frame maps."""
+    g = cfg.geometry
+    if g.mode == "resize":
         return tuple(cfg.image_size)
-    if cfg.geometry.frame_size is not None:
-        return tuple(cfg.geometry.frame_size)
-    from trainer.data.images import image_size
-
+    if g.frame_size is not None:
+        return tuple(g.frame_size)
+    if not g.learn_frame_size:
+        return None
     return image_size(split.train[0].path)
 
 
@@ -59,9 +62,24 @@ def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
             f"task {task}: {len(train)} train images are too few to hold out {n_val} for calibration"
         )
     test = read_images([s.path for s in split.test], size)
-    masks, has_mask = read_masks(split.test, size)
+    # Frames kept at their own sizes are scored at those sizes; their masks (and, for metrics only,
+    # their maps) are brought to the first test image's size so that one task's maps stack.
+    mask_size = size or (test[0].shape[:2] if len(test) else image_size(split.train[0].path))
+    masks, has_mask = read_masks(split.test, mask_size)
     labels = np.array([s.label for s in split.test], dtype=np.int64)
-    return TaskData(task, spec, train[order[n_val:]], train[order[:n_val]], test, labels, masks, has_mask)
+    train_part, val_part = take_frames(train, order[n_val:]), take_frames(train, order[:n_val])
+    return TaskData(task, spec, train_part, val_part, test, labels, masks, has_mask)
+
+
+def resolve_auto_geometry(learner: Learner, spec: str, tasks: list[str], log: Log = print) -> None:
+    """`auto` becomes a concrete geometry before the first task is read, from the size of each new
+    task's first training image (contract.geometry.choose_geometry); printed and kept in the run."""
+    if learner.cfg.geometry.mode != "auto":
+        return
+    sizes = [image_size(load_task(spec, t).train[0].path) for t in tasks]
+    doc, reason = choose_geometry(sizes, tuple(learner.cfg.image_size))
+    learner.set_geometry(doc, reason)
+    log(f"geometry: {reason}")
 
 
 def evaluate_task(learner: Learner, data: TaskData) -> tuple[dict[str, Any], TaskEval, np.ndarray | None]:
@@ -104,6 +122,7 @@ def run_steps(
     if len(set(new_tasks)) != len(new_tasks):
         raise ValueError(f"a task is named twice: {new_tasks}")
     history.setdefault("relearned", [])
+    resolve_auto_geometry(learner, spec, [t for t in new_tasks if t not in learner.tasks], log)
     cfg = learner.cfg
     seen: dict[str, TaskData] = {}
     for name in learner.tasks:  # earlier tasks are re-read from where they were learned
@@ -174,6 +193,7 @@ def build_metrics(
         "relearned": history.get("relearned", []),
         "pooled": history.get("pooled", {}),
         "calibration": {k: m.calibration_meta() for k, m in learner.methods.items()},
+        "geometry": learner.cfg.geometry_manifest(),
         "config": learner.cfg.model_dump(mode="json"),
     }
     buffers = {k: c["replay_buffer"] for k, c in out["calibration"].items() if "replay_buffer" in c}

@@ -151,7 +151,8 @@ def test_from_dict_defaults_to_resize_and_round_trips() -> None:
 
 def test_config_geometry_section(monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = TrainConfig()
-    assert cfg.geometry.mode == "resize"
+    assert cfg.geometry.mode == "auto"  # resolved from the data by the first fit
+    cfg = load_config(None, geometry={"mode": "resize"})
     assert cfg.geometry_manifest() == {
         "mode": "resize", "tile": [256, 256], "overlap": 0, "scale": 1.0, "frame_size": None, "margin": 0
     }  # fmt: skip

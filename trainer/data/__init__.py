@@ -5,7 +5,17 @@ The synthetic generator lives in ``trainer.data.generate`` and is not imported h
 """
 
 from trainer.data.errors import DatasetError
-from trainer.data.images import image_size, imread_mask, imread_rgb, read_images, read_masks
+from trainer.data.images import (
+    Frames,
+    as_frames,
+    concat_frames,
+    image_size,
+    imread_mask,
+    imread_rgb,
+    read_images,
+    read_masks,
+    take_frames,
+)
 from trainer.data.registry import FORMATS, DataFormat, list_tasks, load_task, parse_data_spec, register_format
 from trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit
 
@@ -15,8 +25,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "DataFormat",
     "DatasetError",
+    "Frames",
     "Sample",
     "TaskSplit",
+    "as_frames",
+    "concat_frames",
     "image_size",
     "imread_mask",
     "imread_rgb",
@@ -26,4 +39,5 @@ __all__ = [
     "read_images",
     "read_masks",
     "register_format",
+    "take_frames",
 ]

@@ -16,12 +16,17 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from contract.frames import DECODE_COLOR, DECODE_UNCHANGED
+from contract.geometry import resize_frame
 from trainer.data.errors import bad_files_error
 from trainer.data.samples import Sample
 
-_COLOR = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-_UNCHANGED = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+_COLOR = DECODE_COLOR  # the edge decodes with the same flags (contract/frames.py)
+_UNCHANGED = DECODE_UNCHANGED
 T = TypeVar("T")
+Frames = np.ndarray | list[np.ndarray]
+"""Frames of one size as one (N, H, W, 3) array; frames of several sizes (cameras that differ, or
+``auto`` tiling at each frame's own size) as a list. Both index, iterate and ``len`` alike."""
 
 
 def _decode(path: Path, flags: int) -> np.ndarray:
@@ -86,10 +91,12 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def read_images(paths: Sequence[Path | str], size: tuple[int, int]) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB, resized with INTER_AREA to ``size`` = (H, W)."""
-    height, width = _check_size(size)
-    out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
+def read_images(paths: Sequence[Path | str], size: tuple[int, int] | None) -> Frames:
+    """uint8 RGB frames at ``size`` = (H, W) through ``resize_frame`` (the one resampling the edge
+    uses too), as one (N, H, W, 3) array. ``size=None`` keeps every image at its own resolution: an
+    array when they all share one size, else a list."""
+    target = None if size is None else _check_size(size)
+    images: list[np.ndarray | None] = [None] * len(paths)
 
     def load(i: int) -> tuple[Path, str] | None:
         path = Path(paths[i])
@@ -97,15 +104,41 @@ def read_images(paths: Sequence[Path | str], size: tuple[int, int]) -> np.ndarra
             image = imread_rgb(path)
         except OSError as exc:
             return path, str(exc)
-        if image.shape[:2] != (height, width):
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        out[i] = image
+        images[i] = image if target is None else resize_frame(image, target)
         return None
 
     problems = [p for p in _parallel(load, len(paths)) if p is not None]
     if problems:
         raise bad_files_error("unreadable image file(s)", problems)
-    return out
+    if target is not None:
+        out = np.empty((len(paths), *target, 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            out[i] = image
+        return out
+    return as_frames(images)  # type: ignore[arg-type]
+
+
+def as_frames(frames: Sequence[np.ndarray]) -> Frames:
+    """One array when every frame has the same shape (the fast, common case), else a list."""
+    if len({f.shape for f in frames}) <= 1:
+        return np.stack(frames) if len(frames) else np.empty((0, 1, 1, 3), np.uint8)
+    return list(frames)
+
+
+def concat_frames(parts: Sequence[Frames]) -> Frames:
+    """``np.concatenate`` for frame sets that may differ in size (tasks of different cameras)."""
+    if len({p.shape[1:] for p in parts if isinstance(p, np.ndarray)}) == 1 and all(
+        isinstance(p, np.ndarray) for p in parts
+    ):
+        return np.concatenate(parts)
+    return as_frames([f for part in parts for f in part])
+
+
+def take_frames(frames: Frames, index: np.ndarray) -> Frames:
+    """``frames[index]`` for an index array, for lists too."""
+    if isinstance(frames, np.ndarray):
+        return frames[index]
+    return as_frames([frames[int(i)] for i in index])
 
 
 def read_masks(samples: Sequence[Sample], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.geometry import Geometry, combine_tasks
+from contract.geometry import Geometry, combine_tasks, resize_frame
+from trainer.data.images import concat_frames
 from trainer.methods.base import Prediction, ScoringGraph
 
 
@@ -79,6 +80,8 @@ class TorchMethodMixin:
                 maps.append(full)
                 scores.append(np.float32(full.max()))
                 tasks.append(combine_tasks(torch.cat([p[2] for p in parts]).numpy()))
+        if len({m.shape for m in maps}) > 1:  # frames of several sizes: maps at the first's, for metrics
+            maps = [resize_frame(m, maps[0].shape) for m in maps]
         return Prediction(np.stack(maps), np.array(scores, np.float32), np.array(tasks, np.int64))
 
     def raw_scores(self, images: np.ndarray, slot: int) -> np.ndarray:
@@ -109,7 +112,7 @@ class TorchMethodMixin:
             images = [val[t] for t in slot_tasks if t in val]
             if not images:
                 raise ValueError(f"no held-out good images to calibrate tasks {slot_tasks}")
-            raw = self.raw_scores(np.concatenate(images), idx)
+            raw = self.raw_scores(concat_frames(images), idx)
             self.center[idx], self.scale[idx] = fit_normalisation(raw, self.quantile)
 
     def slot_names(self) -> list[str]:

@@ -8,14 +8,25 @@ skdata = pytest.importorskip("skimage.data")
 from trainer.backbones import BackboneWeightsError, create_classifier, create_feature_extractor  # noqa: E402
 
 
-def test_lite0_weights_are_real_imagenet_weights():
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_lite_weights_are_real_imagenet_weights(variant: int):
     """chelsea is a tabby cat: ImageNet classes 281-285. Random weights would not say so."""
-    net = create_classifier("tf_efficientnet_lite0")
-    img = cv2.resize(skdata.chelsea(), (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    net = create_classifier(f"tf_efficientnet_lite{variant}")
+    size = net.pretrained_cfg["input_size"][-1]  # 224, 240, 260
+    img = cv2.resize(skdata.chelsea(), (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     x = torch.from_numpy((img - 0.5) / 0.5).permute(2, 0, 1)[None]
     with torch.no_grad():
         top = int(net(x).argmax())
     assert 281 <= top <= 285
+
+
+def test_lite_feature_levels_share_strides():
+    """Lite1 and Lite2 drop in for Lite0: the same levels give strides 8 and 16, only wider."""
+    for variant, channels in ((1, [40, 112]), (2, [48, 120])):
+        fx = create_feature_extractor(f"tf_efficientnet_lite{variant}", layers=(2, 3))
+        feats = fx(torch.zeros(1, 3, 256, 256))
+        assert [f.shape[-1] for f in feats] == [32, 16]
+        assert [f.shape[1] for f in feats] == fx.channels == channels
 
 
 def test_feature_extractor_levels_and_frozen():

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from trainer.backbones import DEFAULT_BACKBONE
+from trainer.data.images import concat_frames
 from trainer.methods.common import TorchMethodMixin, batches
 from trainer.methods.efficientad.distill import (
     DistillConfig,
@@ -255,7 +256,7 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
         images = [val[t] for t in self.slots[0] if t in val]
         if not images:
             raise ValueError(f"no held-out good images to calibrate tasks {self.slots[0]}")
-        pool = np.concatenate(images)
+        pool = concat_frames(images)
         geometry = getattr(self, "geometry", None)  # letterbox/tile: whole frames -> model inputs
         if geometry is not None and geometry.framed:
             pool = geometry.cut_many(pool)
