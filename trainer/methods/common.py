@@ -8,7 +8,7 @@ and so does the constructor's bookkeeping (strategy check, common settings, conf
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -35,10 +35,14 @@ def fit_normalisation(raw_scores: np.ndarray, quantile: float) -> tuple[float, f
     return center, scale
 
 
-class TorchMethodMixin:
+C = TypeVar("C", bound=BaseModel)
+
+
+class TorchMethodMixin(Generic[C]):
     """Needs: `name`, `strategies`, `Config`, `self.slots`, `scoring_graph()`, `_raw_map(frames, slot)`.
 
-    A slot is one scoring model inside the method: one per task for methods that infer
+    Parametrised by the method's config model (`TorchMethodMixin[PatchCoreConfig]`), so `self.cfg`
+    is typed. A slot is one scoring model inside the method: one per task for methods that infer
     the task (the graph's `task` output is the slot index), or a single shared slot.
     """
 
@@ -54,7 +58,9 @@ class TorchMethodMixin:
     # whole frames, cut them into model inputs and stitch the maps back to the frame (geometry.py).
     geometry: Geometry | None = None
 
-    def __init__(self, strategy: str, common: CommonSettings, config: BaseModel | None = None) -> None:
+    cfg: C
+
+    def __init__(self, strategy: str, common: CommonSettings, config: C | None = None) -> None:
         """`config` is the method's own `Config` (its defaults when None); the subclass builds its model."""
         if strategy not in self.strategies:
             raise ValueError(f"{self.name} strategy must be one of {self.strategies}, got {strategy!r}")

@@ -54,7 +54,7 @@ class MeanCells(nn.Module):
 
 
 @register_method
-class ToyMeanCells(TorchMethodMixin):
+class ToyMeanCells(TorchMethodMixin[ToyConfig]):
     name: ClassVar[str] = "toy"
     strategies: ClassVar[tuple[str, ...]] = ("cl",)
     Config: ClassVar[type[BaseModel]] = ToyConfig

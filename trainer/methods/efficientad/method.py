@@ -99,7 +99,7 @@ def hard_feature_loss(sq_err: torch.Tensor, quantile: float) -> torch.Tensor:
 
 
 @register_method
-class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
+class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
     name: ClassVar[str] = "efficientad"
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
     Config: ClassVar[type[BaseModel]] = EfficientADConfig
@@ -112,7 +112,6 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
         "penalty_pool": 4,
         "penalty_batch": 1,
     }
-    cfg: EfficientADConfig
 
     def __init__(self, strategy: str, common: CommonSettings, config: EfficientADConfig | None = None):
         super().__init__(strategy, common, config)

@@ -31,12 +31,11 @@ class PadimConfig(BaseModel):
 
 
 @register_method
-class PaDiM(TorchMethodMixin):
+class PaDiM(TorchMethodMixin[PadimConfig]):
     name: ClassVar[str] = "padim"
     strategies: ClassVar[tuple[str, ...]] = ("cl", "cl-exact", "per-task", "naive")
     Config: ClassVar[type[BaseModel]] = PadimConfig
     smoke_config: ClassVar[dict[str, Any]] = {"dims": 16}
-    cfg: PadimConfig
 
     def __init__(self, strategy: str, common: CommonSettings, config: PadimConfig | None = None):
         super().__init__(strategy, common, config)

@@ -34,12 +34,11 @@ class PatchCoreConfig(BaseModel):
 
 
 @register_method
-class PatchCore(TorchMethodMixin):
+class PatchCore(TorchMethodMixin[PatchCoreConfig]):
     name: ClassVar[str] = "patchcore"
     strategies: ClassVar[tuple[str, ...]] = ("cl", "naive")
     Config: ClassVar[type[BaseModel]] = PatchCoreConfig
     smoke_config: ClassVar[dict[str, Any]] = {"budget": 400}
-    cfg: PatchCoreConfig
 
     def __init__(self, strategy: str, common: CommonSettings, config: PatchCoreConfig | None = None):
         super().__init__(strategy, common, config)

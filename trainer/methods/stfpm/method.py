@@ -40,7 +40,7 @@ class STFPMConfig(ReplayTrainingConfig):
 
 
 @register_method
-class STFPM(ReplayTrainingMixin, TorchMethodMixin):
+class STFPM(ReplayTrainingMixin, TorchMethodMixin[STFPMConfig]):
     name: ClassVar[str] = "stfpm"
     state_prefix: ClassVar[str] = "student"  # the teacher is frozen backbone weights, not saved
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
@@ -50,7 +50,6 @@ class STFPM(ReplayTrainingMixin, TorchMethodMixin):
         "optimizer": "adam",
         "lr": 1e-3,
     }
-    cfg: STFPMConfig
 
     def __init__(self, strategy: str, common: CommonSettings, config: STFPMConfig | None = None):
         layers = tuple(common.layers) if common.layers else STFPM_LAYERS
