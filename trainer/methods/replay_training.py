@@ -6,6 +6,8 @@ task its images join the buffer), and so are early stopping and the progress bar
 A method supplies four hooks: `_begin_task` (fresh optimiser), `_train_step` (one
 update on a uint8 batch), `_val_loss` (held-out good images) and `_net` (the module
 that is moved to the training device and whose weights early stopping snapshots).
+Its settings are `ReplayTrainingConfig` (steps, batch, early stopping, device, the
+buffer), which each such method's own config section extends.
 
 Strategies:
 - `replay`: each batch mixes `batch_size` current images with `replay.batch` images
