@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from trainer.data import load_task, read_images
 from trainer.data.generate import generate_dataset
 from trainer.methods.patchcore.coreset import coverage_radius, greedy_coreset
-from trainer.methods.patchcore.method import PatchCore
+from trainer.methods.registry import build_method
 
 
 def lite0_patches(n_images: int, seed: int) -> torch.Tensor:
@@ -39,7 +39,7 @@ def lite0_patches(n_images: int, seed: int) -> torch.Tensor:
         generate_dataset(Path(tmp), ["brick"], n_train=n_images, n_test_good=1, n_test_defect=1, seed=seed)
         split = load_task(f"mvtec:{tmp}", "brick")
         images = read_images([s.path for s in split.train], (256, 256))
-    return PatchCore(progress=False).features(images)
+    return build_method("patchcore", progress=False).features(images)
 
 
 def jl_dim(n: int, eps: float = 0.9) -> int:

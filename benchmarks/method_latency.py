@@ -42,11 +42,11 @@ HW = (256, 256)
 
 def _patchcore(data: Path, budget: int, threads: int) -> Any:
     from trainer.data import load_task, read_images
-    from trainer.methods.patchcore.method import PatchCore
+    from trainer.methods.registry import build_method
 
     split = load_task(f"mvtec:{data}", "brick")
     train = read_images([s.path for s in split.train], HW)
-    method = PatchCore("cl", input_hw=HW, budget=budget, progress=False)
+    method = build_method("patchcore", "cl", image_size=HW, budget=budget, progress=False)
     method.fit_task("brick", train[4:])
     method.calibrate({"brick": train[:4]})
     return method
@@ -54,13 +54,12 @@ def _patchcore(data: Path, budget: int, threads: int) -> Any:
 
 def build_methods(data: Path, budget: int, threads: int) -> dict[str, Any]:
     """Method name -> a method object whose `scoring_graph()` is what a bundle would hold."""
-    from trainer.methods.efficientad.method import EfficientAD
-    from trainer.methods.stfpm.method import STFPM
+    from trainer.methods.registry import build_method
 
     return {
-        "efficientad-s": EfficientAD("replay", input_hw=HW, size="s", progress=False),
-        "efficientad-m": EfficientAD("replay", input_hw=HW, size="m", progress=False),
-        "stfpm": STFPM("replay", input_hw=HW, progress=False),
+        "efficientad-s": build_method("efficientad", "replay", image_size=HW, size="s", progress=False),
+        "efficientad-m": build_method("efficientad", "replay", image_size=HW, size="m", progress=False),
+        "stfpm": build_method("stfpm", "replay", image_size=HW, progress=False),
         "patchcore": _patchcore(data, budget, threads),
     }
 

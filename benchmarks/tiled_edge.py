@@ -53,7 +53,7 @@ def _fit_and_export(method: str, work: Path, data: Path, budget: int, max_batch:
     from export.bundle_writer import write_bundle
     from export.checks import CheckLimits
     from export.run_source import load_run_for_export
-    from trainer.config import PadimConfig, PatchCoreConfig, TrainConfig
+    from trainer.config import TrainConfig
     from trainer.protocol import fit
 
     cfg = TrainConfig(
@@ -62,8 +62,7 @@ def _fit_and_export(method: str, work: Path, data: Path, budget: int, max_batch:
         progress=False,
         report=False,
         min_val=2,
-        patchcore=PatchCoreConfig(budget=budget),
-        padim=PadimConfig(),
+        patchcore={"budget": budget},
         geometry={"mode": "tile"},
     )
     t0 = time.perf_counter()

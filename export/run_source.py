@@ -144,7 +144,8 @@ def load_run_for_export(
         strategy=cfg.strategy,
         backbone=cfg.backbone,
         tasks=tasks,
-        calibration=dict(graph.meta.get("calibration", {})),
+        # The manifest's readers find the method's metadata (teacher, replay buffer) beside the calibration.
+        calibration={**graph.calibration, **graph.metadata},
         provenance={
             "run_dir": str(run_dir),
             "data": {t: sources.get(t) for t in tasks},

@@ -62,12 +62,12 @@ def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(data: Path, out: Path, geometry: dict[str, Any]) -> dict[str, Any]:
-    from trainer.config import PatchCoreConfig, TrainConfig
+    from trainer.config import TrainConfig
     from trainer.protocol import fit
 
     cfg = TrainConfig(
         method="patchcore", image_size=(256, 256), progress=False, report=False, min_val=2,
-        patchcore=PatchCoreConfig(budget=BUDGET), geometry=geometry,
+        patchcore={"budget": BUDGET}, geometry=geometry,
     )  # fmt: skip
     return fit(cfg, f"mvtec:{data}", [TASK], out, log=lambda _m: None)
 

@@ -64,42 +64,25 @@ def teacher_config():  # -> DistillConfig
 
 def train_config(method: str, strategy: str, teacher: Path | None = None, **overrides: Any):  # -> TrainConfig
     """The test config of one method and strategy; `overrides` go into the method's section."""
-    from trainer.config import EfficientADConfig, STFPMConfig, TrainConfig
+    from trainer.config import TrainConfig
 
     image_size = overrides.pop("image_size", HW)
     if method == "efficientad":
         section = {
-            "efficientad": EfficientADConfig(
-                **{
-                    "width": 0.125,
-                    "out_channels": 32,
-                    "padding": True,
-                    "teacher": teacher,
-                    "steps": 100,
-                    "lr": 1e-3,
-                    "hard_quantile": 0.99,
-                    "eval_every": 10,
-                    "patience": 0,
-                    "penalty_sources": PENALTY_SOURCES,
-                    "replay": {"size": REPLAY_SIZE},
-                    **overrides,
-                }
-            )
+            "width": 0.125,
+            "out_channels": 32,
+            "padding": True,
+            "teacher": teacher,
+            "steps": 100,
+            "lr": 1e-3,
+            "hard_quantile": 0.99,
+            "eval_every": 10,
+            "patience": 0,
+            "penalty_sources": PENALTY_SOURCES,
         }
     else:
-        section = {
-            "stfpm": STFPMConfig(
-                **{
-                    "steps": 40,
-                    "optimizer": "adam",
-                    "lr": 1e-3,
-                    "eval_every": 10,
-                    "patience": 0,
-                    "replay": {"size": REPLAY_SIZE},
-                    **overrides,
-                }
-            )
-        }
+        section = {"steps": 40, "optimizer": "adam", "lr": 1e-3, "eval_every": 10, "patience": 0}
+    section = {**section, "replay": {"size": REPLAY_SIZE}, **overrides}
     return TrainConfig(
         method=method,
         strategy=strategy,
@@ -107,7 +90,7 @@ def train_config(method: str, strategy: str, teacher: Path | None = None, **over
         progress=False,
         report=False,
         min_val=4,
-        **section,
+        **{method: section},
     )
 
 

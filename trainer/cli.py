@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
 
 from trainer.backbones import BackboneWeightsError
@@ -26,19 +27,45 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _method_help() -> tuple[str, str, str]:
+    """(--method help, --strategy help, the config sections epilog), all from the method registry."""
+    from trainer.config import TrainConfig
+    from trainer.learner import PROTOCOL_STRATEGIES
+    from trainer.methods.registry import methods
+
+    registered = methods()
+    default = TrainConfig.model_fields["method"].default
+    method = f"{' | '.join(registered)} (default {default})"
+    per_method = "; ".join(f"{name}: {' | '.join(cls.strategies)}" for name, cls in registered.items())
+    strategy = f"{per_method}; any method: {' | '.join(PROTOCOL_STRATEGIES)}. Default: the method's first"
+    sections = [
+        textwrap.fill(
+            f"[{name}] {', '.join(cls.Config.model_fields)}",
+            78,
+            initial_indent="  ",
+            subsequent_indent="    ",
+        )
+        for name, cls in registered.items()
+    ]
+    epilog = "config file sections (or LINEWATCH_TRAIN_<METHOD>__<KEY>):\n" + "\n".join(sections)
+    return method, strategy, epilog
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="linewatch-train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="learn a sequence of tasks into a new run directory")
+    method_help, strategy_help, sections_help = _method_help()
+    fit = sub.add_parser(
+        "fit",
+        help="learn a sequence of tasks into a new run directory",
+        epilog=sections_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fit.add_argument("--data", required=True, help="FORMAT:ROOT, e.g. mvtec:/data/mvtec")
     fit.add_argument("--tasks", required=True, type=_tasks)
-    fit.add_argument("--method", help="patchcore | padim | efficientad | stfpm")
-    fit.add_argument(
-        "--strategy",
-        help="memory banks: cl | naive (padim also cl-exact, per-task); efficientad, stfpm: replay | naive; "
-        "any method: joint | single. Default: the method's first",
-    )
+    fit.add_argument("--method", help=method_help)
+    fit.add_argument("--strategy", help=strategy_help)
     fit.add_argument("--out", required=True, type=Path)
     fit.add_argument("--config", type=Path, help="TOML file; LINEWATCH_TRAIN_* variables override it")
     fit.add_argument("--backbone")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from trainer.methods.base import CommonSettings
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -29,71 +32,6 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """A config value is wrong; the message names the key."""
-
-
-class PatchCoreConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    budget: int = Field(30_000, gt=0, description="total memory-bank patches over all tasks")
-    coreset_ratio: float = Field(0.1, gt=0, le=1)
-    proj_dim: int | None = Field(32, gt=0, description="random projection for coreset selection")
-    reweight_k: int = Field(9, ge=1)
-
-
-class PadimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dims: int = Field(100, gt=0)
-    eps: float = Field(0.01, gt=0)
-
-
-class ReplayConfig(BaseModel):
-    """Continual learning by replay (trained methods): a fixed buffer of past tasks' images."""
-
-    model_config = ConfigDict(extra="forbid")
-    size: int = Field(300, ge=0, description="images kept over all past tasks, shared equally")
-    format: Literal["png", "jpeg"] = Field("png", description="how buffered images are stored")
-    jpeg_quality: int = Field(95, ge=1, le=100)
-    batch: int = Field(8, ge=0, description="replayed images added to each training batch")
-
-
-class EfficientADConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    size: Literal["s", "m"] = "s"
-    out_channels: int = Field(384, gt=0)
-    width: float = Field(1.0, gt=0, description="PDN hidden-channel multiplier (1.0 = published)")
-    padding: bool = Field(False, description="padded PDN: the map covers the border (not published)")
-    teacher: Path | None = Field(None, description="distilled teacher file (linewatch-train distill-teacher)")
-    teacher_cache: Path | None = Field(None, description="where distilled teachers are cached")
-    distill_steps: int = Field(10_000, gt=0)
-    distill_batch: int = Field(8, gt=0)
-    steps: int = Field(10_000, gt=0, description="training steps per task (early stopping may end sooner)")
-    batch_size: int = Field(8, gt=0, description="current-task images per batch")
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    hard_quantile: float = Field(0.999, ge=0, lt=1)
-    penalty_batch: int = Field(4, ge=0, description="generic images per step for the student penalty")
-    penalty_pool: int = Field(64, gt=0)
-    penalty_sources: list[str] | None = None
-    map_quantiles: tuple[float, float] = (0.9, 0.995)
-    eval_every: int = Field(100, gt=0)
-    patience: int = Field(5, ge=0, description="evaluations without improvement before stopping (0: never)")
-    holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out to stop early")
-    device: str = "cpu"
-    replay: ReplayConfig = ReplayConfig()
-
-
-class STFPMConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    steps: int = Field(1000, gt=0, description="training steps per task (early stopping may end sooner)")
-    batch_size: int = Field(8, gt=0, description="current-task images per batch")
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.4, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    eval_every: int = Field(50, gt=0)
-    patience: int = Field(5, ge=0)
-    holdout: float = Field(0.1, gt=0, lt=1)
-    device: str = "cpu"
-    replay: ReplayConfig = ReplayConfig()
 
 
 class GeometryConfig(BaseModel):
@@ -133,9 +71,10 @@ class GeometryConfig(BaseModel):
 
 
 class TrainConfig(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="forbid"
-    )
+    """The top-level keys below, plus one section per registered method (`[patchcore]`, ...): each is
+    validated by the method's own `Config` (trainer/methods/sections.py); other unknown keys are refused."""
+
+    model_config = SettingsConfigDict(env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="allow")
 
     _strategy_defaulted: bool = PrivateAttr(False)
 
@@ -156,11 +95,14 @@ class TrainConfig(BaseSettings):
     sigma: float = Field(4.0, gt=0)
     progress: bool = True
     report: bool = True
-    patchcore: PatchCoreConfig = PatchCoreConfig()
-    padim: PadimConfig = PadimConfig()
-    efficientad: EfficientADConfig = EfficientADConfig()
-    stfpm: STFPMConfig = STFPMConfig()
     geometry: GeometryConfig = GeometryConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_sections(cls, data: Any) -> Any:
+        from trainer.methods.sections import validate_sections
+
+        return validate_sections(data, cls.model_fields, cls.__name__)
 
     @field_validator("image_size")
     @classmethod
@@ -214,21 +156,32 @@ class TrainConfig(BaseSettings):
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file (passed as init values); CLI flags are applied after loading.
-        return env_settings, init_settings
+        # The method sections are not declared fields, so their variables are read by a source of their own.
+        from trainer.methods.sections import sections_env
 
-    def method_kwargs(self) -> dict[str, Any]:
-        common = {
-            "backbone": self.backbone,
-            "layers": tuple(self.layers) if self.layers else None,
-            "backbone_weights": self.backbone_weights,
-            "input_hw": tuple(self.image_size),
-            "sigma": self.sigma,
-            "quantile": self.quantile,
-            "seed": self.seed,
-            "progress": self.progress,
-        }
-        extra = getattr(self, self.method, None)
-        return {**common, **(extra.model_dump() if isinstance(extra, BaseModel) else {})}
+        return env_settings, sections_env(env_settings), init_settings
+
+    def section(self, method: str) -> BaseModel:
+        """A registered method's config section (its own `Config`, validated)."""
+        extra = self.__pydantic_extra__ or {}
+        if method not in extra:
+            raise KeyError(f"no config section for method {method!r}")
+        return extra[method]
+
+    def method_settings(self) -> CommonSettings:
+        """What every method takes from the top-level keys (its own section is `section(method)`)."""
+        from trainer.methods.base import CommonSettings
+
+        return CommonSettings(
+            backbone=self.backbone,
+            layers=tuple(self.layers) if self.layers else None,
+            backbone_weights=self.backbone_weights,
+            input_hw=tuple(self.image_size),
+            sigma=self.sigma,
+            quantile=self.quantile,
+            seed=self.seed,
+            progress=self.progress,
+        )
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:

@@ -64,7 +64,7 @@ class Learner:
 
     def new_method(self) -> Method:
         inner = method_class(self.cfg.method).strategies[0] if self.protocol_level else self.cfg.strategy
-        method = create_method(self.cfg.method, inner, **self.cfg.method_kwargs())
+        method = create_method(self.cfg, inner)
         if self.geometry.framed:  # predict/calibrate cut frames and stitch maps (methods/common.py)
             method.geometry = self.geometry
         return method

@@ -192,7 +192,8 @@ def build_metrics(
         "timings": history["timings"],
         "relearned": history.get("relearned", []),
         "pooled": history.get("pooled", {}),
-        "calibration": {k: m.calibration_meta() for k, m in learner.methods.items()},
+        # Readers find the method's metadata (replay_buffer, training, teacher) beside its calibration.
+        "calibration": {k: {**m.calibration_meta(), **m.metadata()} for k, m in learner.methods.items()},
         "geometry": learner.cfg.geometry_manifest(),
         "config": learner.cfg.model_dump(mode="json"),
     }

@@ -38,7 +38,7 @@ def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(method: str, data: Path, out: Path) -> Path:
-    from trainer.config import PadimConfig, PatchCoreConfig, TrainConfig
+    from trainer.config import TrainConfig
     from trainer.protocol import fit
 
     cfg = TrainConfig(
@@ -47,8 +47,8 @@ def _fit(method: str, data: Path, out: Path) -> Path:
         progress=False,
         report=False,
         min_val=2,
-        patchcore=PatchCoreConfig(budget=400),
-        padim=PadimConfig(dims=32),
+        patchcore={"budget": 400},
+        padim={"dims": 32},
     )
     fit(cfg, f"mvtec:{data}", list(TASKS), out, log=lambda _msg: None)
     return out

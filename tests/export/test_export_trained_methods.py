@@ -94,9 +94,10 @@ def test_published_unpadded_pdn_graph_exports_too(size: str, tmp_path) -> None:
     """The trained runs above use the padded PDN (64 px); the published, unpadded one zero-borders its
     maps instead, and that graph must also pass the checks and match torch (untrained weights suffice)."""
     from export.onnx_export import export_onnx
-    from trainer.methods.efficientad.method import EfficientAD
+    from trainer.methods.registry import build_method
 
-    method = EfficientAD("replay", input_hw=(64, 72), size=size, width=0.125, out_channels=16, progress=False)
+    tiny = {"size": size, "width": 0.125, "out_channels": 16, "progress": False}
+    method = build_method("efficientad", "replay", image_size=(64, 72), **tiny)
     method.quantiles = [0.1, 0.5, 0.2, 0.9]
     assert method.model.pad != (0, 0, 0, 0)
     graph = method.scoring_graph()

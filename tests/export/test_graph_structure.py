@@ -65,9 +65,11 @@ def test_bundles_from_before_refit_have_no_structure(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_retraining_stfpm_keeps_its_structure(tmp_path: Path) -> None:
     """The real case: a trained method's refresh changes every student weight, not one layer."""
-    from trainer.methods.stfpm.method import STFPM
+    from trainer.methods.registry import build_method
 
-    method = STFPM("replay", input_hw=(64, 64), progress=False, steps=2, optimizer="adam", lr=1e-3)
+    method = build_method(
+        "stfpm", "replay", image_size=(64, 64), progress=False, steps=2, optimizer="adam", lr=1e-3
+    )
     method.fit_task("noise", np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8))
     before = method.scoring_graph()
     assert before.meta["refittable"] is True

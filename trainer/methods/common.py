@@ -1,20 +1,22 @@
-"""Plumbing shared by the torch-based methods: batching, prediction and calibration.
+"""Plumbing shared by the torch-based methods: construction, batching, prediction and calibration.
 
 A method supplies its scoring module, its data inputs and a raw map for a forced
-task; everything that turns those into predictions and thresholds lives here once.
+task; everything that turns those into predictions and thresholds lives here once,
+and so does the constructor's bookkeeping (strategy check, common settings, config).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from contract.geometry import Geometry, combine_tasks, resize_frame
 from trainer.data.images import concat_frames
-from trainer.methods.base import Prediction, ScoringGraph
+from trainer.methods.base import CommonSettings, Prediction, ScoringGraph
 
 
 def batches(images: np.ndarray, size: int) -> Iterator[torch.Tensor]:
@@ -34,18 +36,53 @@ def fit_normalisation(raw_scores: np.ndarray, quantile: float) -> tuple[float, f
     return center, scale
 
 
-class TorchMethodMixin:
-    """Needs: `self.slots`, `self.center`, `self.scale` lists, `scoring_graph()`, `_raw_map(frames, slot)`.
+C = TypeVar("C", bound=BaseModel)
 
-    A slot is one scoring model inside the method: one per task for methods that infer
+
+class TorchMethodMixin(Generic[C]):
+    """Needs: `name`, `strategies`, `Config`, `self.slots`, `scoring_graph()`, `_raw_map(frames, slot)`.
+
+    Parametrised by the method's config model (`TorchMethodMixin[PatchCoreConfig]`), so `self.cfg`
+    is typed. A slot is one scoring model inside the method: one per task for methods that infer
     the task (the graph's `task` output is the slot index), or a single shared slot.
     """
 
-    batch_size: int = 4
-    quantile: float = 0.99
+    name: ClassVar[str]
+    strategies: ClassVar[tuple[str, ...]]
+    Config: ClassVar[type[BaseModel]]
+    # Section values that make a fit take seconds at 64 px (numbers, not quality): the registry's
+    # conformance test runs every method with them, and a user can try a method with them.
+    smoke_config: ClassVar[dict[str, Any]] = {}
+
+    batch_size: int = 4  # frames per inference batch
     # Set by the learner for the letterbox and tile geometries: `predict` and `raw_scores` then take
     # whole frames, cut them into model inputs and stitch the maps back to the frame (geometry.py).
     geometry: Geometry | None = None
+
+    cfg: C
+
+    def __init__(self, strategy: str, common: CommonSettings, config: C | None = None) -> None:
+        """`config` is the method's own `Config` (its defaults when None); the subclass builds its model."""
+        if strategy not in self.strategies:
+            raise ValueError(f"{self.name} strategy must be one of {self.strategies}, got {strategy!r}")
+        config = self.Config() if config is None else config
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{self.name} takes a {self.Config.__name__}, got {type(config).__name__}")
+        self.strategy = strategy
+        self.common = common
+        self.cfg = config
+        self.input_hw = tuple(common.input_hw)
+        self.quantile = common.quantile
+        self.seed = common.seed
+        self.progress = common.progress
+        self.tasks: list[str] = []
+        self.center: list[float] = []
+        self.scale: list[float] = []
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Every setting this instance was built with (JSON), as its saved state records them."""
+        return {**self.common.record(), **self.cfg.model_dump(mode="json")}
 
     def _framed(self) -> bool:
         return self.geometry is not None and self.geometry.framed
@@ -127,6 +164,10 @@ class TorchMethodMixin:
             "scale": self.scale,
         }
 
+    def metadata(self) -> dict[str, Any]:
+        """Nothing beyond the calibration by default; trained methods add their buffer and training."""
+        return {}
+
     def _norm_inputs(self) -> dict[str, np.ndarray]:
         return {
             "center": np.asarray(self.center, dtype=np.float32),
@@ -136,5 +177,9 @@ class TorchMethodMixin:
     def _graph(self, module: torch.nn.Module, data: dict[str, np.ndarray]) -> ScoringGraph:
         data = {**data, **self._norm_inputs()}
         return ScoringGraph(
-            module.eval(), data, tuple(self.input_hw), {"calibration": self.calibration_meta()}
+            module.eval(),
+            data,
+            tuple(self.input_hw),
+            calibration=self.calibration_meta(),
+            metadata=self.metadata(),
         )

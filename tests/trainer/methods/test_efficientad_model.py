@@ -19,9 +19,10 @@ from trainer.methods.efficientad.distill import (
     file_sha256,
     load_teacher,
 )
-from trainer.methods.efficientad.method import EfficientAD, hard_feature_loss
+from trainer.methods.efficientad.method import hard_feature_loss
 from trainer.methods.efficientad.model import EfficientADModel
 from trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
+from trainer.methods.registry import build_method
 
 
 @pytest.fixture(autouse=True)
@@ -106,14 +107,13 @@ def test_distilled_teacher_is_cached_with_its_provenance(tmp_path: Path) -> None
     assert cached_teacher(TINY, tmp_path, progress=False) == path and path.stat().st_mtime_ns == mtime
     assert DistillConfig(**{**TINY.__dict__, "seed": 1}).key() != TINY.key()
 
-    method = EfficientAD(
-        "replay", input_hw=(40, 40), width=0.125, out_channels=16, padding=True, teacher=path, progress=False
-    )
+    tiny = {"image_size": (40, 40), "width": 0.125, "out_channels": 16, "padding": True, "teacher": path}
+    method = build_method("efficientad", "replay", progress=False, **tiny)
     method._ensure_teacher()
     assert method.teacher_info["sha256"] == file_sha256(path) and method.teacher_info["key"] == TINY.key()
     assert torch.equal(method.model.teacher_mean, tensors["mean"])
 
-    wrong = EfficientAD("replay", input_hw=(40, 40), width=0.25, out_channels=16, padding=True, teacher=path)
+    wrong = build_method("efficientad", "replay", **{**tiny, "width": 0.25})
     with pytest.raises(TeacherError, match="PDN"):
         wrong.fit_task("x", np.zeros((4, 40, 40, 3), np.uint8))
     with pytest.raises(TeacherError, match="not found"):

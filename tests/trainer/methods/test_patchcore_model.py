@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.methods.patchcore.method import PatchCore, _self_knn
+from trainer.methods.patchcore.method import PatchCore, PatchCoreConfig, _self_knn
 
 
 class _Stub(torch.nn.Module):
@@ -53,13 +53,13 @@ def test_self_knn_puts_each_point_first():
 def test_padded_bank_keeps_nearest_neighbours():
     pc = PatchCore.__new__(PatchCore)
     pc.coresets = [torch.randn(30, 4), torch.randn(12, 4)]
-    pc.config = {"reweight_k": 3, "budget": 40}
+    pc.cfg = PatchCoreConfig(reweight_k=3, budget=40)
     pc._bank_cache = None
     bank, knn = pc.banks()
     assert bank.shape == (2, 30, 4) and knn.shape == (2, 30, 3)  # max(budget // 2, largest coreset)
     # the short task's rows are repeats of its own points only
     assert {tuple(r.tolist()) for r in bank[1]} == {tuple(r.tolist()) for r in pc.coresets[1]}
     assert int(knn[1].max()) < 12
-    pc.config["budget"] = 200
+    pc.cfg = pc.cfg.model_copy(update={"budget": 200})
     pc._bank_cache = None
     assert pc.banks()[0].shape == (2, 100, 4)  # padded to the budget share

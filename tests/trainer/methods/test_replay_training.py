@@ -1,5 +1,5 @@
 """EfficientAD and STFPM on the generated 3-task sequence: replay beats naive fine-tuning, and
-metrics.json says what the buffer costs. Both learn through `trainer/methods/replay.py`, so the same
+metrics.json says what the buffer costs. Both learn through `trainer/methods/replay_training.py`, so the same
 assertions hold for each.
 
 The runs are made once per session by `trained_methods_kit` (64 px, brief training) and reused by the

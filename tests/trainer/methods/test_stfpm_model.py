@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from trained_methods_kit import limit_threads
 
+from trainer.methods.registry import build_method
 from trainer.methods.stfpm.method import STFPM
 from trainer.methods.stfpm.model import level_distance, stfpm_loss
 
@@ -34,7 +35,9 @@ def test_level_distance_matches_a_numpy_reference() -> None:
 
 @pytest.fixture(scope="module")
 def stfpm() -> STFPM:
-    return STFPM("replay", input_hw=(64, 64), progress=False, steps=2, optimizer="adam", lr=1e-3)
+    return build_method(
+        "stfpm", "replay", image_size=(64, 64), progress=False, steps=2, optimizer="adam", lr=1e-3
+    )
 
 
 def test_map_is_the_product_of_upsampled_level_maps(stfpm: STFPM, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,6 +75,6 @@ def test_student_is_the_teachers_architecture_from_scratch_and_only_it_learns(st
 
 def test_unknown_strategy_or_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="strategy"):
-        STFPM("cl", input_hw=(64, 64))
+        build_method("stfpm", "cl", image_size=(64, 64))
     with pytest.raises(ValueError, match="optimizer"):
-        STFPM("replay", input_hw=(64, 64), optimizer="lbfgs")
+        build_method("stfpm", "replay", image_size=(64, 64), optimizer="lbfgs")

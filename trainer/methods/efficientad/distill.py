@@ -334,20 +334,26 @@ def build_parser(prog: str = "python -m trainer.methods.efficientad.distill") ->
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options, on any parser: `linewatch-train distill-teacher` mounts them as a subcommand."""
-    p.add_argument("--size", choices=("s", "m"), default="s", help="PDN-S or PDN-M")
-    p.add_argument("--out-channels", type=int, default=384)
-    p.add_argument("--width", type=float, default=1.0, help="hidden-channel multiplier (1.0 = published)")
-    p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--layers", type=lambda s: tuple(int(v) for v in _csv(s)), default=(2, 3, 4))
+    """The options, on any parser: `linewatch-train distill-teacher` mounts them as a subcommand.
+
+    Defaults are `DistillConfig`'s (which `[efficientad]` also takes its PDN defaults from).
+    """
+    d = DistillConfig()
+    p.add_argument("--size", choices=("s", "m"), default=d.size, help="PDN-S or PDN-M")
+    p.add_argument("--out-channels", type=int, default=d.out_channels)
+    p.add_argument("--width", type=float, default=d.width, help="hidden-channel multiplier (1.0 = published)")
+    p.add_argument("--image-size", type=int, default=d.input_hw[0])
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--backbone", default=d.backbone)
+    p.add_argument("--layers", type=lambda s: tuple(int(v) for v in _csv(s)), default=d.layers)
     p.add_argument("--backbone-weights", type=Path)
     p.add_argument("--padding", action="store_true", help="padded PDN (keeps the border; not published)")
-    p.add_argument("--pool", type=int, default=0, help="fixed pool of views with cached targets (0: fresh)")
+    p.add_argument(
+        "--pool", type=int, default=d.pool, help="fixed pool of views with cached targets (0: fresh)"
+    )
     p.add_argument("--sources", type=_csv, default=[], help="scikit-image photographs (default: all)")
     p.add_argument("--data", help="FORMAT:ROOT: also distil on these tasks' good training images")
     p.add_argument("--tasks", type=_csv, default=[])

@@ -21,13 +21,14 @@ Departures, and why:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field
 
-from trainer.backbones import DEFAULT_BACKBONE
 from trainer.data.images import concat_frames
+from trainer.methods.base import CommonSettings, ScoringGraph
 from trainer.methods.common import TorchMethodMixin, batches
 from trainer.methods.efficientad.distill import (
     DistillConfig,
@@ -38,7 +39,37 @@ from trainer.methods.efficientad.distill import (
 )
 from trainer.methods.efficientad.generic import generic_images, generic_sources
 from trainer.methods.efficientad.model import EfficientADModel
-from trainer.methods.replay import ReplayTrainingMixin
+from trainer.methods.registry import register_method
+from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
+
+PUBLISHED_TEACHER = DistillConfig()  # the PDN and distillation defaults are written there, once
+TEACHER_KEYS = ("size", "out_channels", "width", "padding")  # a teacher file must match these
+
+
+class EfficientADConfig(ReplayTrainingConfig):
+    """The `[efficientad]` section: the PDN, its offline teacher, the paper's losses, and the loop."""
+
+    size: Literal["s", "m"] = PUBLISHED_TEACHER.size  # type: ignore[assignment]
+    out_channels: int = Field(PUBLISHED_TEACHER.out_channels, gt=0)
+    width: float = Field(
+        PUBLISHED_TEACHER.width, gt=0, description="PDN hidden-channel multiplier (1.0 = published)"
+    )
+    padding: bool = Field(
+        PUBLISHED_TEACHER.padding, description="padded PDN: the map covers the border (not published)"
+    )
+    teacher: Path | None = Field(None, description="distilled teacher file (linewatch-train distill-teacher)")
+    teacher_cache: Path | None = Field(None, description="where distilled teachers are cached")
+    distill_steps: int = Field(PUBLISHED_TEACHER.steps, gt=0)
+    distill_batch: int = Field(PUBLISHED_TEACHER.batch_size, gt=0)
+    steps: int = Field(10_000, gt=0, description="training steps per task (early stopping may end sooner)")
+    eval_every: int = Field(100, gt=0, description="steps between held-out evaluations")
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    hard_quantile: float = Field(0.999, ge=0, lt=1)
+    penalty_batch: int = Field(4, ge=0, description="generic images per step for the student penalty")
+    penalty_pool: int = Field(64, gt=0)
+    penalty_sources: list[str] | None = None
+    map_quantiles: tuple[float, float] = (0.9, 0.995)
 
 
 def augment(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -68,118 +99,60 @@ def hard_feature_loss(sq_err: torch.Tensor, quantile: float) -> torch.Tensor:
     return sq_err.flatten().topk(k).values.mean()
 
 
-class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
+@register_method
+class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
     name: ClassVar[str] = "efficientad"
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
+    Config: ClassVar[type[BaseModel]] = EfficientADConfig
+    smoke_config: ClassVar[dict[str, Any]] = {
+        **SMOKE_LOOP,
+        "width": 0.125,
+        "out_channels": 16,
+        "distill_steps": 2,
+        "distill_batch": 2,
+        "penalty_pool": 4,
+        "penalty_batch": 1,
+    }
 
-    def __init__(
-        self,
-        strategy: str = "replay",
-        backbone: str = DEFAULT_BACKBONE,
-        layers: tuple[int, ...] | None = None,
-        backbone_weights: Path | None = None,
-        input_hw: tuple[int, int] = (256, 256),
-        sigma: float = 4.0,
-        quantile: float = 0.99,
-        seed: int = 0,
-        progress: bool = True,
-        size: str = "s",
-        out_channels: int = 384,
-        width: float = 1.0,
-        padding: bool = False,
-        teacher: Path | str | None = None,
-        teacher_cache: Path | str | None = None,
-        distill_steps: int = 10_000,
-        distill_batch: int = 8,
-        steps: int = 10_000,
-        batch_size: int = 8,
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        hard_quantile: float = 0.999,
-        penalty_batch: int = 4,
-        penalty_pool: int = 64,
-        penalty_sources: list[str] | None = None,
-        map_quantiles: tuple[float, float] = (0.9, 0.995),
-        eval_every: int = 100,
-        patience: int = 5,
-        holdout: float = 0.1,
-        device: str = "cpu",
-        replay: dict[str, Any] | None = None,
-    ):
-        if strategy not in self.strategies:
-            raise ValueError(f"efficientad strategy must be one of {self.strategies}, got {strategy!r}")
-        self.strategy = strategy
-        self.seed = seed
-        self.progress = progress
-        self.quantile = quantile
-        self.input_hw = tuple(input_hw)
-        self.device = torch.device(device)
-        self.config = {
-            "backbone": backbone,
-            "layers": list(layers) if layers else None,
-            "backbone_weights": str(backbone_weights) if backbone_weights else None,
-            "input_hw": list(input_hw),
-            "sigma": sigma,
-            "quantile": quantile,
-            "seed": seed,
-            "size": size,
-            "out_channels": out_channels,
-            "width": width,
-            "padding": padding,
-            "teacher": str(teacher) if teacher else None,
-            "distill_steps": distill_steps,
-            "distill_batch": distill_batch,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "hard_quantile": hard_quantile,
-            "penalty_batch": penalty_batch,
-            "penalty_pool": penalty_pool,
-            "penalty_sources": list(penalty_sources) if penalty_sources else None,
-            "map_quantiles": list(map_quantiles),
-        }
-        self.train_cfg = {
-            "steps": steps,
-            "batch_size": batch_size,
-            "eval_every": eval_every,
-            "patience": patience,
-            "holdout": holdout,
-        }
-        self.teacher_cache = Path(teacher_cache) if teacher_cache else None
+    def __init__(self, strategy: str, common: CommonSettings, config: EfficientADConfig | None = None):
+        super().__init__(strategy, common, config)
+        c = self.cfg
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.model = EfficientADModel(size, out_channels, width, self.input_hw, sigma, padding).eval()
+            torch.manual_seed(common.seed)
+            self.model = EfficientADModel(
+                c.size, c.out_channels, c.width, self.input_hw, common.sigma, c.padding
+            ).eval()
         self.quantiles = [0.0, 1.0, 0.0, 1.0]
         self.teacher_info: dict[str, Any] | None = None
-        self._init_replay(replay)
 
     # -- the teacher ----------------------------------------------------------------
     def distill_config(self) -> DistillConfig:
-        c = self.config
+        c, common = self.cfg, self.common
         return DistillConfig(
-            size=c["size"],
-            out_channels=c["out_channels"],
-            width=c["width"],
-            padding=c["padding"],
-            backbone=c["backbone"],
-            layers=tuple(c["layers"]) if c["layers"] else (2, 3, 4),
-            backbone_weights=c["backbone_weights"],
+            size=c.size,
+            out_channels=c.out_channels,
+            width=c.width,
+            padding=c.padding,
+            backbone=common.backbone,
+            layers=tuple(common.layers) if common.layers else PUBLISHED_TEACHER.layers,
+            backbone_weights=str(common.backbone_weights) if common.backbone_weights else None,
             input_hw=self.input_hw,
-            steps=c["distill_steps"],
-            batch_size=c["distill_batch"],
+            steps=c.distill_steps,
+            batch_size=c.distill_batch,
         )
 
     def _ensure_teacher(self) -> None:
         """Load the configured teacher file, or the cached distillation (distilling it if needed)."""
         if self.teacher_info is not None:
             return
-        if self.config["teacher"]:
-            path = Path(self.config["teacher"])
+        if self.cfg.teacher:
+            path = Path(self.cfg.teacher)
         else:
             path = cached_teacher(
-                self.distill_config(), self.teacher_cache, progress=self.progress, device=str(self.device)
+                self.distill_config(), self.cfg.teacher_cache, progress=self.progress, device=str(self.device)
             )
         tensors, record = load_teacher(path)
-        want = {k: self.config[k] for k in ("size", "out_channels", "width", "padding")}
+        want = {k: getattr(self.cfg, k) for k in TEACHER_KEYS}
         got = {k: record["config"].get(k) for k in want}
         if got != want:
             raise TeacherError(f"teacher {path} is a PDN {got}, this run needs {want}")
@@ -195,13 +168,13 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
 
     def _begin_task(self, task: str, rng: np.random.Generator) -> None:
         self._ensure_teacher()
-        c = self.config
+        c = self.cfg
         params = [*self.model.student.parameters(), *self.model.autoencoder.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"], foreach=True)
-        decay_at = max(1, int(0.95 * self.train_cfg["steps"]))
+        self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
+        decay_at = max(1, int(0.95 * c.steps))
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, [decay_at], gamma=0.1)
-        sources = c["penalty_sources"] or generic_sources(exclude=[*self.tasks, task])
-        pool = generic_images(c["penalty_pool"], self.input_hw, rng, sources) if c["penalty_batch"] else None
+        sources = c.penalty_sources or generic_sources(exclude=[*self.tasks, task])
+        pool = generic_images(c.penalty_pool, self.input_hw, rng, sources) if c.penalty_batch else None
         self._penalty_pool = None if pool is None else torch.from_numpy(pool)
 
     def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
@@ -210,10 +183,10 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
         x = m.input(frames)
         with torch.no_grad():
             t = m.teacher_features(x)
-        loss_hard = hard_feature_loss((t - m.student(x)[:, :c]) ** 2, self.config["hard_quantile"])
+        loss_hard = hard_feature_loss((t - m.student(x)[:, :c]) ** 2, self.cfg.hard_quantile)
         loss_penalty = torch.zeros((), device=self.device)
         if self._penalty_pool is not None:
-            idx = rng.integers(len(self._penalty_pool), size=self.config["penalty_batch"])
+            idx = rng.integers(len(self._penalty_pool), size=self.cfg.penalty_batch)
             generic = self._penalty_pool[torch.from_numpy(idx)].to(self.device)
             loss_penalty = (m.student(m.input(generic))[:, :c] ** 2).mean()
         xa = m.normalise_float(augment(frames, rng))
@@ -266,7 +239,7 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
                 lo, gl = self.model.grid_maps(frames)
                 local.append(lo.flatten().numpy())
                 glob.append(gl.flatten().numpy())
-        qa, qb = self.config["map_quantiles"]
+        qa, qb = self.cfg.map_quantiles
         q = []
         for values in (np.concatenate(local), np.concatenate(glob)):
             lo_q, hi_q = np.quantile(values.astype(np.float64), [qa, qb])
@@ -280,20 +253,24 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin):
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:
         return self.model.raw_map(frames, self._quantile_tensor())
 
-    def scoring_graph(self):
+    def scoring_graph(self) -> ScoringGraph:
         return self._graph(self.model, {"quantiles": np.asarray(self.quantiles, dtype=np.float32)})
 
     def calibration_meta(self) -> dict[str, Any]:
+        """The 0.5 threshold's calibration plus the map quantiles that normalise both maps first."""
         meta = super().calibration_meta()
-        qa, qb = self.config["map_quantiles"]
+        qa, qb = self.cfg.map_quantiles
         meta["map_quantiles"] = {
             "q_a": qa,
             "q_b": qb,
             "local": self.quantiles[:2],
             "global": self.quantiles[2:],
         }
-        meta["teacher"] = self.teacher_info
         return meta
+
+    def metadata(self) -> dict[str, Any]:
+        """The replay buffer and training log, and which teacher the student learnt from."""
+        return {**super().metadata(), "teacher": self.teacher_info}
 
     # -- state (saved by the replay mixin) ---------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

@@ -8,63 +8,46 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.backbones import DEFAULT_BACKBONE, create_feature_extractor
+from trainer.backbones import create_feature_extractor
+from trainer.methods.base import CommonSettings, ScoringGraph
 from trainer.methods.common import TorchMethodMixin, batches
 from trainer.methods.padim.gaussians import GaussianStats, regularised_inverse
 from trainer.methods.padim.model import PadimModel
+from trainer.methods.registry import register_method
 
 
-class PaDiM(TorchMethodMixin):
+class PadimConfig(BaseModel):
+    """The `[padim]` section."""
+
+    model_config = ConfigDict(extra="forbid")
+    dims: int = Field(100, gt=0, description="feature dimensions kept (a seeded random choice)")
+    eps: float = Field(0.01, gt=0, description="covariance regulariser (times the identity)")
+
+
+@register_method
+class PaDiM(TorchMethodMixin[PadimConfig]):
     name: ClassVar[str] = "padim"
     strategies: ClassVar[tuple[str, ...]] = ("cl", "cl-exact", "per-task", "naive")
+    Config: ClassVar[type[BaseModel]] = PadimConfig
+    smoke_config: ClassVar[dict[str, Any]] = {"dims": 16}
 
-    def __init__(
-        self,
-        strategy: str = "cl-exact",
-        backbone: str = DEFAULT_BACKBONE,
-        layers: tuple[int, ...] | None = None,
-        backbone_weights: Path | None = None,
-        input_hw: tuple[int, int] = (256, 256),
-        dims: int = 100,
-        eps: float = 0.01,
-        sigma: float = 4.0,
-        quantile: float = 0.99,
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        if strategy not in self.strategies:
-            raise ValueError(f"padim strategy must be one of {self.strategies}, got {strategy!r}")
-        self.strategy = strategy
-        self.config = {
-            "backbone": backbone,
-            "layers": list(layers) if layers else None,
-            "input_hw": list(input_hw),
-            "dims": dims,
-            "eps": eps,
-            "sigma": sigma,
-            "quantile": quantile,
-            "seed": seed,
-        }
-        self.input_hw = tuple(input_hw)
-        self.quantile = quantile
-        self.extractor = create_feature_extractor(backbone, layers, backbone_weights)
+    def __init__(self, strategy: str, common: CommonSettings, config: PadimConfig | None = None):
+        super().__init__(strategy, common, config)
+        self.extractor = create_feature_extractor(common.backbone, common.layers, common.backbone_weights)
         total = sum(self.extractor.channels)
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(total, generator=gen)[: min(dims, total)].sort().values
-        self.model = PadimModel(self.extractor, self.input_hw, keep, sigma).eval()
-        self.tasks: list[str] = []
+        gen = torch.Generator().manual_seed(common.seed)
+        keep = torch.randperm(total, generator=gen)[: min(self.cfg.dims, total)].sort().values
+        self.model = PadimModel(self.extractor, self.input_hw, keep, common.sigma).eval()
         # One entry per slot: exact stats for cl-exact/per-task/naive, or (mean, cov) averages for cl.
         self.stats: list[GaussianStats] = []
         self.avg_mean: torch.Tensor | None = None
         self.avg_cov: torch.Tensor | None = None
-        self.center: list[float] = []
-        self.scale: list[float] = []
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -120,7 +103,7 @@ class PaDiM(TorchMethodMixin):
     def gaussians(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(S, P, d) means and (S, P, d, d) inverse covariances, float32."""
         if self._cache is None:
-            eps = self.config["eps"]
+            eps = self.cfg.eps
             if self.strategy == "cl":
                 pairs = [(self.avg_mean, self.avg_cov)]
             else:
@@ -135,7 +118,7 @@ class PaDiM(TorchMethodMixin):
         task = torch.full((frames.shape[0],), slot, dtype=torch.long)
         return self.model.raw_map(frames, mean, inv, task)[0]
 
-    def scoring_graph(self):
+    def scoring_graph(self) -> ScoringGraph:
         mean, inv = self.gaussians()
         return self._graph(self.model, {"mean": mean.numpy(), "inv_cov": inv.numpy()})
 

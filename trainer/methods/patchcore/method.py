@@ -9,62 +9,42 @@ the lowest mean nearest-neighbour distance and the image is scored on that task'
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.backbones import DEFAULT_BACKBONE, create_feature_extractor
+from trainer.backbones import create_feature_extractor
+from trainer.methods.base import CommonSettings, ScoringGraph
 from trainer.methods.common import TorchMethodMixin, batches
 from trainer.methods.patchcore.coreset import greedy_coreset
 from trainer.methods.patchcore.model import PatchCoreModel
+from trainer.methods.registry import register_method
 
 
-class PatchCore(TorchMethodMixin):
+class PatchCoreConfig(BaseModel):
+    """The `[patchcore]` section."""
+
+    model_config = ConfigDict(extra="forbid")
+    budget: int = Field(30_000, gt=0, description="total memory-bank patches over all tasks")
+    coreset_ratio: float = Field(0.1, gt=0, le=1)
+    proj_dim: int | None = Field(32, gt=0, description="random projection for coreset selection")
+    reweight_k: int = Field(9, ge=1)
+
+
+@register_method
+class PatchCore(TorchMethodMixin[PatchCoreConfig]):
     name: ClassVar[str] = "patchcore"
     strategies: ClassVar[tuple[str, ...]] = ("cl", "naive")
+    Config: ClassVar[type[BaseModel]] = PatchCoreConfig
+    smoke_config: ClassVar[dict[str, Any]] = {"budget": 400}
 
-    def __init__(
-        self,
-        strategy: str = "cl",
-        backbone: str = DEFAULT_BACKBONE,
-        layers: tuple[int, ...] | None = None,
-        backbone_weights: Path | None = None,
-        input_hw: tuple[int, int] = (256, 256),
-        budget: int = 30_000,
-        coreset_ratio: float = 0.1,
-        proj_dim: int | None = 32,
-        reweight_k: int = 9,
-        sigma: float = 4.0,
-        quantile: float = 0.99,
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        if strategy not in self.strategies:
-            raise ValueError(f"patchcore strategy must be one of {self.strategies}, got {strategy!r}")
-        self.strategy = strategy
-        self.config = {
-            "backbone": backbone,
-            "layers": list(layers) if layers else None,
-            "input_hw": list(input_hw),
-            "budget": budget,
-            "coreset_ratio": coreset_ratio,
-            "proj_dim": proj_dim,
-            "reweight_k": reweight_k,
-            "sigma": sigma,
-            "quantile": quantile,
-            "seed": seed,
-        }
-        self.input_hw = tuple(input_hw)
-        self.quantile = quantile
-        self.progress = progress
-        self.extractor = create_feature_extractor(backbone, layers, backbone_weights)
-        self.model = PatchCoreModel(self.extractor, self.input_hw, sigma).eval()
-        self.tasks: list[str] = []
+    def __init__(self, strategy: str, common: CommonSettings, config: PatchCoreConfig | None = None):
+        super().__init__(strategy, common, config)
+        self.extractor = create_feature_extractor(common.backbone, common.layers, common.backbone_weights)
+        self.model = PatchCoreModel(self.extractor, self.input_hw, common.sigma).eval()
         self.coresets: list[torch.Tensor] = []
-        self.center: list[float] = []
-        self.scale: list[float] = []
         self._steps = 0
         self._bank_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -76,34 +56,28 @@ class PatchCore(TorchMethodMixin):
     def fit_task(self, task: str, images: np.ndarray) -> None:
         """Learn a new task, or re-learn a known one from its current images (a refresh)."""
         feats = self.features(images)
-        seed = self.config["seed"]
+        seed, cfg = self.seed, self.cfg
         self._steps += 1
         if task in self.tasks:
             j = self.tasks.index(task)
-            size = min(
-                self.config["budget"] // len(self.tasks), math.ceil(self.config["coreset_ratio"] * len(feats))
-            )
-            idx = greedy_coreset(
-                feats, size, self.config["proj_dim"], seed + 104_729 * self._steps, self.progress
-            )
+            size = min(cfg.budget // len(self.tasks), math.ceil(cfg.coreset_ratio * len(feats)))
+            idx = greedy_coreset(feats, size, cfg.proj_dim, seed + 104_729 * self._steps, self.progress)
             self.coresets[j] = feats[idx].clone()
             self._bank_cache = None
             return
         if self.strategy == "naive":
             self.tasks, self.coresets, self.center, self.scale = [], [], [], []
         n_tasks = len(self.tasks) + 1
-        per_task = self.config["budget"] // n_tasks
-        size = min(per_task, math.ceil(self.config["coreset_ratio"] * feats.shape[0]))
+        per_task = cfg.budget // n_tasks
+        size = min(per_task, math.ceil(cfg.coreset_ratio * feats.shape[0]))
         for j, old in enumerate(self.coresets):  # re-subsample earlier coresets to the new share
             if old.shape[0] > per_task:
-                keep = greedy_coreset(
-                    old, per_task, self.config["proj_dim"], seed + 7919 * self._steps + j, False
-                )
+                keep = greedy_coreset(old, per_task, cfg.proj_dim, seed + 7919 * self._steps + j, False)
                 self.coresets[j] = old[keep].clone()
         idx = greedy_coreset(
             feats,
             size,
-            self.config["proj_dim"],
+            cfg.proj_dim,
             seed + 104_729 * self._steps,
             self.progress,
             f"coreset {task}",
@@ -127,9 +101,9 @@ class PatchCore(TorchMethodMixin):
         if self._bank_cache is None:
             # Padding to the budget share keeps the bank shape a function of the task count
             # alone, so more images for a known task is a bank-only refresh (same engine).
-            share = self.config["budget"] // len(self.coresets)
+            share = self.cfg.budget // len(self.coresets)
             m = max(share, *(c.shape[0] for c in self.coresets))
-            k = min(self.config["reweight_k"], m)
+            k = min(self.cfg.reweight_k, m)
             padded, knn = [], []
             for c in self.coresets:
                 reps = torch.arange(m) % c.shape[0]
@@ -143,7 +117,7 @@ class PatchCore(TorchMethodMixin):
         task = torch.full((frames.shape[0],), slot, dtype=torch.long)
         return self.model.raw_map(frames, bank, knn, task)[0]
 
-    def scoring_graph(self):
+    def scoring_graph(self) -> ScoringGraph:
         bank, knn = self.banks()
         return self._graph(self.model, {"bank": bank.numpy(), "bank_knn": knn.numpy()})
 

@@ -12,101 +12,68 @@ picks the same strides, feature indices (1, 2, 3), on either backbone.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import timm
 import torch
+from pydantic import BaseModel, Field
 
-from trainer.backbones import DEFAULT_BACKBONE, create_feature_extractor
+from trainer.backbones import create_feature_extractor
+from trainer.methods.base import CommonSettings, ScoringGraph
 from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.replay import ReplayTrainingMixin
+from trainer.methods.registry import register_method
+from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
 from trainer.methods.stfpm.model import STFPMModel, stfpm_loss
 
 STFPM_LAYERS = (1, 2, 3)
-OPTIMIZERS = ("sgd", "adam")
 
 
-class STFPM(ReplayTrainingMixin, TorchMethodMixin):
+class STFPMConfig(ReplayTrainingConfig):
+    """The `[stfpm]` section: the published optimiser, and the replay loop's settings."""
+
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.4, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+@register_method
+class STFPM(ReplayTrainingMixin, TorchMethodMixin[STFPMConfig]):
     name: ClassVar[str] = "stfpm"
     state_prefix: ClassVar[str] = "student"  # the teacher is frozen backbone weights, not saved
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
+    Config: ClassVar[type[BaseModel]] = STFPMConfig
+    smoke_config: ClassVar[dict[str, Any]] = {
+        **SMOKE_LOOP,
+        "optimizer": "adam",
+        "lr": 1e-3,
+    }
 
-    def __init__(
-        self,
-        strategy: str = "replay",
-        backbone: str = DEFAULT_BACKBONE,
-        layers: tuple[int, ...] | None = None,
-        backbone_weights: Path | None = None,
-        input_hw: tuple[int, int] = (256, 256),
-        sigma: float = 4.0,
-        quantile: float = 0.99,
-        seed: int = 0,
-        progress: bool = True,
-        steps: int = 1000,
-        batch_size: int = 8,
-        optimizer: str = "sgd",
-        lr: float = 0.4,
-        momentum: float = 0.9,
-        weight_decay: float = 1e-4,
-        eval_every: int = 50,
-        patience: int = 5,
-        holdout: float = 0.1,
-        device: str = "cpu",
-        replay: dict[str, Any] | None = None,
-    ):
-        if strategy not in self.strategies:
-            raise ValueError(f"stfpm strategy must be one of {self.strategies}, got {strategy!r}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"stfpm optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        self.strategy = strategy
-        self.seed = seed
-        self.progress = progress
-        self.quantile = quantile
-        self.input_hw = tuple(input_hw)
-        self.device = torch.device(device)
-        layers = tuple(layers) if layers else STFPM_LAYERS
-        self.config = {
-            "backbone": backbone,
-            "layers": list(layers),
-            "input_hw": list(input_hw),
-            "sigma": sigma,
-            "quantile": quantile,
-            "seed": seed,
-            "optimizer": optimizer,
-            "lr": lr,
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-        }
-        self.train_cfg = {
-            "steps": steps,
-            "batch_size": batch_size,
-            "eval_every": eval_every,
-            "patience": patience,
-            "holdout": holdout,
-        }
-        teacher = create_feature_extractor(backbone, layers, backbone_weights)
+    def __init__(self, strategy: str, common: CommonSettings, config: STFPMConfig | None = None):
+        layers = tuple(common.layers) if common.layers else STFPM_LAYERS
+        super().__init__(strategy, replace(common, layers=layers), config)
+        teacher = create_feature_extractor(common.backbone, layers, common.backbone_weights)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            student = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=layers)
-        self.model = STFPMModel(teacher, student, self.input_hw, sigma).eval()
-        self._init_replay(replay)
+            torch.manual_seed(common.seed)
+            student = timm.create_model(
+                common.backbone, pretrained=False, features_only=True, out_indices=layers
+            )
+        self.model = STFPMModel(teacher, student, self.input_hw, common.sigma).eval()
 
     # -- training hooks ---------------------------------------------------------------
     def _net(self) -> torch.nn.Module:
         return self.model
 
     def _begin_task(self, task: str, rng: np.random.Generator) -> None:
-        c, params = self.config, self.model.student.parameters()
-        if c["optimizer"] == "sgd":
+        c, params = self.cfg, self.model.student.parameters()
+        if c.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(
-                params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"], foreach=True
+                params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, foreach=True
             )
         else:
-            self.optimizer = torch.optim.Adam(
-                params, lr=c["lr"], weight_decay=c["weight_decay"], foreach=True
-            )
+            self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
 
     def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
         self.model.train()
@@ -131,7 +98,7 @@ class STFPM(ReplayTrainingMixin, TorchMethodMixin):
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:
         return self.model.raw_map(frames)
 
-    def scoring_graph(self):
+    def scoring_graph(self) -> ScoringGraph:
         return self._graph(self.model, {})
 
     def _stateful_module(self) -> torch.nn.Module:

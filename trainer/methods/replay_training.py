@@ -6,6 +6,8 @@ task its images join the buffer), and so are early stopping and the progress bar
 A method supplies four hooks: `_begin_task` (fresh optimiser), `_train_step` (one
 update on a uint8 batch), `_val_loss` (held-out good images) and `_net` (the module
 that is moved to the training device and whose weights early stopping snapshots).
+Its settings are `ReplayTrainingConfig` (steps, batch, early stopping, device, the
+buffer), which each such method's own config section extends.
 
 Strategies:
 - `replay`: each batch mixes `batch_size` current images with `replay.batch` images
@@ -21,33 +23,62 @@ from __future__ import annotations
 
 import time
 import zlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.methods.base import ScoringGraph
-from trainer.replay import ReplayBuffer
+from trainer.methods.base import CommonSettings, ScoringGraph
+from trainer.replay_buffer import ReplayBuffer
 
-REPLAY_DEFAULTS: dict[str, Any] = {"size": 300, "format": "png", "jpeg_quality": 95, "batch": 8}
+LOOP_KEYS = ("steps", "batch_size", "eval_every", "patience", "holdout")  # saved as the state's "train"
+# The loop's part of a replay-trained method's `smoke_config`: two steps of two images, a small buffer.
+SMOKE_LOOP: dict[str, Any] = {"steps": 2, "eval_every": 1, "batch_size": 2, "replay": {"size": 8, "batch": 2}}
+
+
+class ReplayConfig(BaseModel):
+    """Continual learning by replay (trained methods): a fixed buffer of past tasks' images."""
+
+    model_config = ConfigDict(extra="forbid")
+    size: int = Field(300, ge=0, description="images kept over all past tasks, shared equally")
+    format: Literal["png", "jpeg"] = Field("png", description="how buffered images are stored")
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    batch: int = Field(8, ge=0, description="replayed images added to each training batch")
+
+
+class ReplayTrainingConfig(BaseModel):
+    """The loop's settings, part of every replay-trained method's config section.
+
+    The defaults are STFPM's; a method whose published schedule differs overrides the field.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    steps: int = Field(1000, gt=0, description="training steps per task (early stopping may end sooner)")
+    batch_size: int = Field(8, gt=0, description="current-task images per batch")
+    eval_every: int = Field(50, gt=0, description="steps between held-out evaluations")
+    patience: int = Field(5, ge=0, description="evaluations without improvement before stopping (0: never)")
+    holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out to stop early")
+    device: str = Field("cpu", description="where training runs (cuda on a GPU box); scoring stays on CPU")
+    replay: ReplayConfig = ReplayConfig()
 
 
 class ReplayTrainingMixin:
-    """Needs: `self.strategy`, `self.seed`, `self.progress`, `self.device`, `self.train_cfg` (steps,
-    batch_size, eval_every, patience, holdout), and the four hooks. Provides `fit_task`, `slots`,
-    the buffer's state and report."""
+    """Needs: a `Config` derived from `ReplayTrainingConfig`, a cooperative `__init__` after this one
+    in the MRO (`TorchMethodMixin`), and the four hooks. Provides `fit_task`, `slots`, the buffer's
+    state and metadata."""
 
     strategies: ClassVar[tuple[str, ...]] = ("replay", "naive")
     name: ClassVar[str]
+    cfg: ReplayTrainingConfig
 
-    def _init_replay(self, replay: dict[str, Any] | None) -> None:
-        self.replay_cfg = {**REPLAY_DEFAULTS, **(replay or {})}
-        self.buffer = ReplayBuffer(
-            int(self.replay_cfg["size"]), self.replay_cfg["format"], int(self.replay_cfg["jpeg_quality"])
-        )
-        self.tasks: list[str] = []
+    def __init__(self, strategy: str, common: CommonSettings, config: BaseModel | None = None) -> None:
+        super().__init__(strategy, common, config)  # type: ignore[call-arg]
+        replay = self.cfg.replay
+        self.buffer = ReplayBuffer(replay.size, replay.format, replay.jpeg_quality)
+        self.device = torch.device(self.cfg.device)
         self.training_log: list[dict[str, Any]] = []
         self.center: list[float] = [1.0]
         self.scale: list[float] = [1.0]
@@ -78,8 +109,7 @@ class ReplayTrainingMixin:
         index = len(self.training_log)
         rng = np.random.default_rng([int(self.seed), index, zlib.crc32(task.encode())])
         order = rng.permutation(len(images))
-        cfg = self.train_cfg
-        n_hold = max(2, round(cfg["holdout"] * len(images))) if len(images) >= 6 else 0
+        n_hold = max(2, round(self.cfg.holdout * len(images))) if len(images) >= 6 else 0
         held, train = images[order[:n_hold]], images[order[n_hold:]]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(2**31)))
@@ -99,14 +129,14 @@ class ReplayTrainingMixin:
     def _replay_batch(self, task: str, rng: np.random.Generator) -> np.ndarray | None:
         if self.strategy != "replay":
             return None
-        return self.buffer.sample(int(self.replay_cfg["batch"]), rng, exclude=task)
+        return self.buffer.sample(self.cfg.replay.batch, rng, exclude=task)
 
     def _train_loop(
         self, task: str, train: np.ndarray, held: np.ndarray, rng: np.random.Generator
     ) -> dict[str, Any]:
-        cfg = self.train_cfg
-        steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
-        every, patience = max(1, int(cfg["eval_every"])), int(cfg["patience"])
+        cfg = self.cfg
+        steps, batch = cfg.steps, cfg.batch_size
+        every, patience = max(1, cfg.eval_every), cfg.patience
         self._begin_task(task, rng)
         module = self._net()
         best, best_step, best_state, bad = float("inf"), 0, None, 0
@@ -157,9 +187,9 @@ class ReplayTrainingMixin:
         return graph
 
     # -- reporting and state --------------------------------------------------------
-    def calibration_meta(self) -> dict[str, Any]:
-        """Calibration plus what a reader of metrics.json needs to judge the run: buffer and training."""
-        meta = super().calibration_meta()  # type: ignore[misc]
+    def metadata(self) -> dict[str, Any]:
+        """What a reader of metrics.json needs to judge the run: the buffer's cost and the training."""
+        meta = super().metadata()  # type: ignore[misc]
         meta["replay_buffer"] = {"strategy": self.strategy, **self.buffer.stats()}
         meta["training"] = list(self.training_log)
         return meta
@@ -189,7 +219,7 @@ class ReplayTrainingMixin:
             "method": self.name,
             "strategy": self.strategy,  # type: ignore[attr-defined]
             "config": self.config,  # type: ignore[attr-defined]
-            "train": self.train_cfg,  # type: ignore[attr-defined]
+            "train": self.cfg.model_dump(include=set(LOOP_KEYS)),
             "center": self.center,
             "scale": self.scale,
             **self._extra_state(),
