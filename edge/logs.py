@@ -108,7 +108,7 @@ class _Runs:
             if elapsed < self.every_s:
                 run.held += 1
                 return False, 0, 0.0
-            count = run.held + 1
+            count = run.held + 1 if run.held else 0  # nothing held: a plain line, not "repeated 1 times"
             run.window_start, run.held = now, 0
             return True, count, elapsed
 

@@ -48,6 +48,9 @@ def test_first_then_one_summary_per_period_then_flush(caplog: pytest.LogCaptureF
     assert lim.flush("cam0") == 0  # nothing held any more
     lim.warning("broker unreachable", "cam0")  # right after a flush the run is still rate-limited
     assert len(caplog.records) == 4
+    clock.now += 61
+    lim.warning("broker unreachable", "cam1")  # nothing was held back for cam1: a plain line
+    assert lines(caplog)[-1] == ("broker unreachable", {"repeated": None, "camera": None})
 
 
 def test_default_period_follows_the_config(caplog: pytest.LogCaptureFixture) -> None:

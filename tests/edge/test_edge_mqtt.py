@@ -222,14 +222,17 @@ def test_backoff_not_defeated_by_new_results(
     mqtt_broker.stop()  # nothing listens on its port any more: every attempt is refused at once
     url = mqtt_broker.url
     low, high, window = 0.05, 2.0, 4.0
-    link = make_link(url, box)
-    link.cfg.reconnect_min_s, link.cfg.reconnect_max_s = low, high
+    # a camera name of its own: log rate limits are per camera and per process (other tests used cam0)
+    link = MqttLink(
+        MqttConfig(url=url, reconnect_min_s=low, reconnect_max_s=high), "cam-b", ROOT, box, status
+    )
+    link.start()
     stop = threading.Event()
 
     def results() -> None:  # the line keeps scoring: a result (and a wake-up) every 5 ms
         n = 0
         while not stop.wait(0.005):
-            box.add("cam0", f"{ROOT}/result", str(n).encode())
+            box.add("cam-b", f"{ROOT}/result", str(n).encode())
             link.wake()
             n += 1
 
