@@ -239,10 +239,13 @@ class Outbox:
             try:
                 cur = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
             except sqlite3.Error as exc:
-                stream = self._db.execute("SELECT stream FROM outbox WHERE id = ?", (row_id,)).fetchone()
-                if stream is None:
+                try:
+                    row = self._db.execute("SELECT stream FROM outbox WHERE id = ?", (row_id,)).fetchone()
+                except sqlite3.Error:
+                    row = ("",)  # unknown stream: only the total depth accounts for it
+                if row is None:
                     return False
-                self._forgotten[row_id] = stream[0]  # never re-sent; deleted on a later write
+                self._forgotten[row_id] = row[0]  # never re-sent; deleted on a later write
                 limited.error(
                     "outbox delete failed; row kept in memory as acknowledged", None, error=str(exc)
                 )

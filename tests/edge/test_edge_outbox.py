@@ -91,3 +91,31 @@ def test_source_mark_stored_with_the_verdict_and_only_forward(tmp_path: Path) ->
     assert box.source_mark("cam0", "dir:/elsewhere") == (5, "x.png")
     box.close()
     assert Outbox(tmp_path / "o.sqlite").source_mark("cam0", "dir:/elsewhere") == (5, "x.png")
+
+
+def test_ack_that_cannot_delete_is_not_sent_again(tmp_path: Path) -> None:
+    """A PUBACK whose DELETE fails (full disk) must not make the row go out again after a reconnect."""
+    import sqlite3
+
+    class DeletesFail:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db, self.failing = db, True
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if self.failing and sql.startswith("DELETE FROM outbox WHERE id = ?"):
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+        def close(self) -> None:
+            self.db.close()
+
+    box = Outbox(tmp_path / "o.sqlite")
+    ids = [box.add("a", "t", str(i).encode()) for i in range(3)]
+    box._db = DeletesFail(box._db)  # type: ignore[assignment]
+    assert box.ack(ids[0]) and not box.ack(ids[0])
+    assert [int(r.payload) for r in box.peek("a")] == [1, 2] and box.depth() == box.depth("a") == 2
+    box._db.failing = False  # type: ignore[attr-defined]
+    box.add("a", "t", b"3")  # the next write deletes it for good
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite")
+    assert [int(r.payload) for r in again.peek("a")] == [1, 2, 3]

@@ -11,8 +11,10 @@ delivered again without a restart.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ def test_disk_full_under_the_outbox_line_keeps_scoring_and_recovers(
         line.produce(5)
         wait_for(lambda: len(verdicts(rec)) >= 5, 120, what="verdicts before the disk fills")
         ballast = small_disk / "ballast"
+        t_full = time.monotonic()
         assert fill(ballast) > 0
         line.produce(15, every_s=0.05)
         wait_for(lambda: edge.metric("linewatch_edge_frames_total") >= 20, 120, what="every frame scored")
@@ -88,6 +91,7 @@ def test_disk_full_under_the_outbox_line_keeps_scoring_and_recovers(
         assert edge.metric("linewatch_edge_outbox_healthy") == 0
 
         ballast.unlink()  # space is back
+        full_s = time.monotonic() - t_full
         line.produce(5)
         wait_for(lambda: edge.metric("linewatch_edge_frames_total") >= 25, 120, what="frames after recovery")
         wait_for(
@@ -113,8 +117,12 @@ def test_disk_full_under_the_outbox_line_keeps_scoring_and_recovers(
     assert full_status["state"] == "online" and "full" in full_status["outbox"]["error"]
     assert status["outbox"] == {"dropped": 0, "not_stored": not_stored, "disk_full": False}
     failed = [r for r in edge.log() if r["msg"].startswith("outbox write failed")]
-    assert 1 <= len(failed) <= 3, [r["msg"] for r in failed]
+    repeat_s = edge.config["logging"]["repeat_every_s"]
+    assert 1 <= len(failed) <= 2 + math.ceil(full_s / repeat_s), [
+        r["msg"] for r in failed
+    ]  # first, summaries, flush
     print(
         f"\nchaos disk full: {line.n} frames scored, {not_stored} verdicts not stored (counted), "
-        f"{len(files)} delivered; {len(failed)} log line(s) about it: {failed[0]['msg']!r}"
+        f"{len(files)} delivered; disk full for {full_s:.1f} s, {len(failed)} log line(s) about it: "
+        f"{failed[0]['msg']!r}"
     )
