@@ -26,6 +26,7 @@ from typing import Any
 from edge import payloads, sdnotify
 from edge.commands import CommandHandler
 from edge.config import EdgeConfig
+from edge.logs import RepeatLimiter
 from edge.model_manager import LoadedModel, ModelManager
 from edge.mqtt import MqttLink
 from edge.observability import MetricsServer, Telemetry
@@ -35,6 +36,7 @@ from edge.queues import BoundedQueue
 from edge.stats import STAGES
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -333,4 +335,4 @@ class EdgeRuntime:
                 try:
                     self.publish_metrics()
                 except Exception:
-                    log.exception("metrics publication failed")
+                    limited.log(logging.ERROR, "metrics publication failed", exc_info=True)
