@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"linewatch-edge: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(cfg.logging.level, cfg.logging.json_lines)
+    setup_logging(cfg.logging.level, cfg.logging.json_lines, cfg.logging.repeat_every_s)
     try:
         return _run(args, cfg) if args.command == "run" else _verify(args, cfg)
     except Exception:

@@ -18,10 +18,12 @@ from typing import Any
 import jsonschema
 
 from edge import payloads
+from edge.logs import RepeatLimiter
 from edge.mqtt import response_properties
 from edge.postprocess import frame_jpeg, overlay_jpeg
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log
 
 VERBS = {"reload": "cmd_reload", "set-threshold": "cmd_set_threshold", "snapshot": "cmd_snapshot"}
 MAX_PAYLOAD = 64 * 1024
@@ -86,7 +88,7 @@ class CommandHandler:
         try:
             request = parse_command(verb, raw)
         except CommandError as exc:
-            log.warning("command refused", extra={"camera": camera.name, "verb": verb, "error": str(exc)})
+            limited.warning("command refused", camera.name, camera=camera.name, verb=verb, error=str(exc))
             self._respond(camera, verb, _request_id(raw), properties, error=str(exc))
             return
         request_id = request.get("id")

@@ -69,7 +69,7 @@ class MqttConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"
     protocol: Literal["3.1.1", "5"] = "3.1.1"
     client_id: str | None = None  # default: linewatch-edge-<camera>
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: int = Field(30, ge=5, le=3600)  # a dead network is noticed within 1.5x this
     tls: TlsConfig = TlsConfig()
     username: str | None = None
     password: SecretStr | None = None  # environment only (see module docstring)
@@ -231,8 +231,12 @@ class CameraConfig(_Section):
 
 
 class LoggingConfig(_Section):
+    """Log level and format; ``repeat_every_s``: a repeating event (retry, bad frame) is logged once, then
+    summarised at most once per this period (its counters still count every event)."""
+
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_lines: bool = True
+    repeat_every_s: float = Field(60.0, gt=0)
 
 
 class WatchdogConfig(_Section):

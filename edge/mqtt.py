@@ -9,6 +9,20 @@ unacknowledged messages in memory and re-sends them on reconnect from its own th
 new publishes, which breaks ordering. Here one thread owns the connection and the outbox cursor: on
 every (re)connect it replays the outbox from its oldest unacknowledged row, strictly in row order,
 and deletes a row only on its PUBACK. A wake pipe lets other threads hand work over without polling.
+
+Why reconnects wait on a stop Event and not on the wake pipe (issue 17): every new result writes to
+the pipe, so a backoff that waited on it returned at once as soon as one byte was pending and the
+loop spun, thousands of connects and log lines a second. The backoff is exponential with jitter
+(``reconnect_min_s`` doubling up to ``reconnect_max_s``; jitter so that many boxes do not reconnect in
+step after a broker restart), is cut short only by ``stop()``, and resets only after a connection
+stayed up ``STABLE_S``, so a broker that accepts and drops at once is backed off too. Repeated
+failures are logged through ``edge.logs.RepeatLimiter``: the first, then one summary per period.
+
+Why the link checks liveness itself: a network that drops packets without refusing them (a cable
+pulled behind a switch, a firewall dropping a state) leaves the TCP socket open and silent. paho sends
+a PINGREQ after ``keepalive_s`` of silence but only gives up a whole keepalive later; the link gives
+up when the broker has stayed silent half a keepalive after that ping, so a black hole is noticed
+within 1.5 keepalives (plus one I/O tick), then it reconnects with backoff.
 """
 
 from __future__ import annotations
@@ -16,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import select
 import socket
 import ssl
@@ -32,12 +47,22 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config import MqttConfig
+from edge.logs import RepeatLimiter, install_repeat_filter
 from edge.outbox import Outbox
 from edge.payloads import dumps
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)
 
 CONTROL_LIMIT = 256  # in-memory messages (status, responses, metrics) held while disconnected
+STABLE_S = 5.0  # a connection that lasted this long resets the reconnect backoff
+
+
+def backoff_delay(attempt: int, low: float, high: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): low*2^attempt capped at high, of which
+    the upper half is random ("equal jitter": never less than half the nominal wait)."""
+    nominal = min(high, low * 2 ** min(attempt, 40))
+    return nominal / 2 + (rng or random).uniform(0, nominal / 2)
 
 
 @dataclass
@@ -55,7 +80,9 @@ class Control:
 class LinkStats:
     connects: int = 0
     reconnects: int = 0
-    connect_failures: int = 0
+    connect_failures: int = 0  # attempts that never got a CONNACK (every one counted, even when not logged)
+    disconnects: int = 0  # established connections lost (broker gone, network silent, keepalive)
+    keepalive_timeouts: int = 0  # of which: the broker stayed silent past the keepalive
     delivered: int = 0
     rejected: int = 0
     control_dropped: int = 0
@@ -86,6 +113,11 @@ class MqttLink:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stop_deadline: float | None = None
+        self._stopping = threading.Event()  # what the reconnect backoff waits on (not the wake pipe)
+        self._rng = random.Random()
+        self._last_in = 0.0  # monotonic time bytes last came from the broker
+        self._quiet_since: float | None = None  # when silence first reached the keepalive
+        self._failures_at_connect = 0
         self._thread = threading.Thread(target=self._run, name=f"mqtt-{camera}", daemon=True)
         self._inflight: dict[int, int] = {}  # mid -> outbox row id
         self._cursor = 0
@@ -136,6 +168,7 @@ class MqttLink:
     def stop(self, drain_timeout: float = 10.0) -> None:
         """Deliver what is pending (up to ``drain_timeout``), publish offline status, disconnect."""
         self._stop_deadline = time.monotonic() + drain_timeout
+        self._stopping.set()
         self.wake()
 
     def join(self, timeout: float | None = None) -> None:
@@ -153,7 +186,10 @@ class MqttLink:
         if protocol == paho.MQTTv311:
             kwargs["clean_session"] = True
         client = paho.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        client.enable_logger(logging.getLogger("paho"))
+        paho_log = logging.getLogger(f"paho.{self.camera}")
+        install_repeat_filter(paho_log)  # paho logs every failed socket read at ERROR
+        client.enable_logger(paho_log)
+        client.connect_timeout = cfg.connect_timeout_s
         if cfg.use_tls:
             client.tls_set(
                 ca_certs=str(cfg.tls.ca) if cfg.tls.ca else None,
@@ -176,7 +212,7 @@ class MqttLink:
     ) -> None:
         self._connack = not reason.is_failure
         if reason.is_failure:
-            log.error("broker refused connection", extra={"camera": self.camera, "reason": str(reason)})
+            limited.error("broker refused connection", self.camera, camera=self.camera, reason=str(reason))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         if mid == self._offline_mid:
@@ -186,8 +222,8 @@ class MqttLink:
             return
         if reason is not None and getattr(reason, "is_failure", False):
             self.stats.rejected += 1
-            log.error(
-                "broker rejected a message; dropped", extra={"camera": self.camera, "reason": str(reason)}
+            limited.error(
+                "broker rejected a message; dropped", self.camera, camera=self.camera, reason=str(reason)
             )
         self.outbox.ack(row_id)
         self.stats.delivered += 1
@@ -201,37 +237,35 @@ class MqttLink:
         try:
             self._on_command(message.topic[len(prefix) :], bytes(message.payload), message.properties)
         except Exception:
-            log.exception("command handler failed", extra={"camera": self.camera})
+            limited.log(logging.ERROR, "command handler failed", self.camera, {"camera": self.camera}, True)
 
     def _run(self) -> None:
-        backoff = self.cfg.reconnect_min_s
-        while self._stop_deadline is None:
+        attempt = 0
+        while not self._stopping.is_set():
             try:
-                connected = self._session()
+                up_s = self._session()
             except Exception:  # never let the camera's only connection thread die
-                log.exception("MQTT session failed", extra={"camera": self.camera})
-                connected = False
-            if connected:
-                backoff = self.cfg.reconnect_min_s
-            if self._stop_deadline is not None:
+                limited.log(logging.ERROR, "MQTT session failed", self.camera, {"camera": self.camera}, True)
+                up_s = None
+            if self._stopping.is_set():
                 break
-            self.stats.connect_failures += 1
-            self._sleep(backoff)
-            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+            if up_s is None:
+                self.stats.connect_failures += 1
+            else:
+                self.stats.disconnects += 1
+                if up_s >= STABLE_S:
+                    attempt = 0
+            self._stopping.wait(
+                backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
+            )
+            attempt += 1
         with self._wake_lock:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_w = -1
 
-    def _sleep(self, seconds: float) -> None:
-        """Interruptible by stop() through the wake pipe."""
-        try:
-            select.select([self._wake_r], [], [], seconds)
-        except (OSError, ValueError):
-            time.sleep(seconds)
-
-    def _session(self) -> bool:
-        """One connection, from CONNECT to loss or stop. True when it got connected."""
+    def _session(self) -> float | None:
+        """One connection, from CONNECT to loss or stop: seconds it was up, None when it never was."""
         client = self._make_client()
         self._connack = None
         try:
@@ -240,26 +274,40 @@ class MqttLink:
             else:
                 client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
         except (OSError, ssl.SSLError, ValueError) as exc:
-            log.warning("broker unreachable", extra={"camera": self.camera, "error": str(exc)})
-            return False
+            limited.warning("broker unreachable", self.camera, camera=self.camera, error=str(exc))
+            return None
+        tick = min(1.0, self.cfg.keepalive_s / 10)
         try:
             deadline = time.monotonic() + self.cfg.connect_timeout_s
             while self._connack is None and time.monotonic() < deadline and self._stop_deadline is None:
                 if not self._io(client, 0.2):
                     break
             if not self._connack:
-                return False
+                if self._connack is None and self._stop_deadline is None:
+                    limited.warning("broker did not answer CONNECT", self.camera, camera=self.camera)
+                return None
             self._connected(client)
+            since = time.monotonic()
             while True:
                 if self._stop_deadline is not None and (
                     self._drained() or time.monotonic() > self._stop_deadline
                 ):
                     self._goodbye(client)
-                    return True
+                    return time.monotonic() - since
                 self._pump(client)
-                if not self._io(client, 1.0):
-                    log.warning("broker connection lost", extra={"camera": self.camera})
-                    return True
+                if not self._io(client, tick):
+                    limited.warning("broker connection lost", self.camera, camera=self.camera)
+                    return time.monotonic() - since
+                if self._silent_too_long():
+                    self.stats.keepalive_timeouts += 1
+                    limited.warning(
+                        "broker connection lost",
+                        self.camera,
+                        camera=self.camera,
+                        reason=f"no packet from the broker for {time.monotonic() - self._last_in:.1f} s "
+                        f"(keepalive {self.cfg.keepalive_s} s)",
+                    )
+                    return time.monotonic() - since
         finally:
             self.connected.clear()
             self._inflight.clear()
@@ -268,13 +316,34 @@ class MqttLink:
                 with contextlib.suppress(OSError):
                     sock.close()
 
+    def _silent_too_long(self) -> bool:
+        """The broker stayed silent half a keepalive after paho's PINGREQ (sent at a keepalive of silence)."""
+        now = time.monotonic()
+        keepalive = self.cfg.keepalive_s
+        if now - self._last_in < keepalive:
+            self._quiet_since = None
+            return False
+        if self._quiet_since is None:
+            self._quiet_since = now  # paho sends its PINGREQ in this same round; give it time to answer
+            return False
+        return now - self._quiet_since >= keepalive / 2
+
     def _connected(self, client: paho.Client) -> None:
         if self.stats.connects:
             self.stats.reconnects += 1
         self.stats.connects += 1
         self._cursor = 0  # replay every unacknowledged row, in order
         self._inflight.clear()
-        log.info("broker connected", extra={"camera": self.camera, "client_id": self.client_id})
+        self._last_in, self._quiet_since = time.monotonic(), None
+        limited.flush(self.camera, camera=self.camera)
+        limited.info(
+            "broker connected",
+            self.camera,
+            camera=self.camera,
+            client_id=self.client_id,
+            failed_attempts=self.stats.connect_failures - self._failures_at_connect,
+        )
+        self._failures_at_connect = self.stats.connect_failures
         client.subscribe(f"{self.root}/cmd/+", qos=1)
         self._status_dirty = True
         self.connected.set()
@@ -321,8 +390,10 @@ class MqttLink:
                     pass
             except (BlockingIOError, OSError):
                 pass
-        if (sock in readable or pending) and client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
+        if sock in readable or pending:
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            self._last_in = time.monotonic()
         if client.socket() is None:
             return False
         if (writable or client.want_write()) and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -78,6 +78,28 @@ class Telemetry:
         self.outbox_dropped = Gauge(
             "linewatch_edge_outbox_dropped", "Oldest outbox rows dropped when full", registry=r
         )
+        self.outbox_not_stored = Gauge(
+            "linewatch_edge_outbox_not_stored",
+            "Messages the outbox could not write (disk full, I/O error): lost (total)",
+            registry=r,
+        )
+        self.outbox_healthy = Gauge(
+            "linewatch_edge_outbox_healthy", "0 while outbox writes fail (disk full)", registry=r
+        )
+        self.connect_failures = Gauge(
+            "linewatch_edge_mqtt_connect_failures", "Failed broker connection attempts (total)", ["camera"],
+            registry=r,
+        )  # fmt: skip
+        self.disconnects = Gauge(
+            "linewatch_edge_mqtt_disconnects",
+            "Established broker connections lost, keepalive timeouts included (total)",
+            ["camera"],
+            registry=r,
+        )
+        self.stalls = Gauge(
+            "linewatch_edge_source_stalls", "Camera reads or opens that hung and were reopened (total)",
+            ["camera"], registry=r,
+        )  # fmt: skip
         self.bad_frames = Gauge(
             "linewatch_edge_bad_frames",
             "Frames skipped as unusable (total)",

@@ -86,7 +86,9 @@ def status_payload(
     error: str | None = None,
     threshold: float | None = None,
     reason: str | None = None,
+    outbox: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``outbox``: present while the outbox loses or drops verdicts (disk full, max_rows reached)."""
     out: dict[str, Any] = {
         "schema": STATUS,
         "state": state,
@@ -101,6 +103,8 @@ def status_payload(
         out["threshold"] = threshold
     if reason:
         out["reason"] = reason
+    if outbox:
+        out["outbox"] = outbox
     return out
 
 

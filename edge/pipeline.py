@@ -23,15 +23,17 @@ import numpy as np
 
 from edge import payloads
 from edge.config import EdgeConfig
+from edge.logs import RepeatLimiter
 from edge.model_manager import LoadedModel, ModelManager
 from edge.observability import Telemetry
-from edge.outbox import FrameIds, Outbox
+from edge.outbox import FrameIds, Outbox, OutboxError
 from edge.postprocess import find_regions, overlay_jpeg
 from edge.queues import BoundedQueue, Closed
 from edge.sources import CameraSource, Frame
 from edge.tiling import FrameScorer
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)  # per-frame failures: the first, then one summary per period
 
 MARKS_LIMIT = 20_000
 
@@ -87,7 +89,9 @@ class Camera:
         self.marks: dict[int, tuple[float, float]] = {}  # outbox row -> (t_captured, t_written)
         self.link: Any = None  # MqttLink, attached by the runtime
         self.done = threading.Event()  # max_frames reached
-        self.source = CameraSource(name, uri, cfg.camera, self._accept)
+        self.source = CameraSource(
+            name, uri, cfg.camera, self._accept, resume_after=outbox.source_mark(name, uri)
+        )
         policy = cfg.queues.offline_policy if self.source.spec.offline else cfg.queues.policy
         self.queue: BoundedQueue[Frame] = BoundedQueue(cfg.queues.frames, policy)
 
@@ -96,7 +100,10 @@ class Camera:
 
     def _accept(self, frame: Frame) -> None:
         """Capture-thread sink: number the frame, then queue it under the camera's full policy."""
-        frame.frame_id = self.ids.next()
+        try:
+            frame.frame_id = self.ids.next()
+        except OutboxError:  # no id can be reserved durably (disk full): drop the frame, counted there
+            return
         self.queue.put(frame)
 
     def attach_signal(self, signal: threading.Event) -> None:
@@ -213,7 +220,7 @@ class InferenceWorker:
             outs = self._scorer_for(model).score_many([f.image for f in batch])
         except Exception as exc:
             self.errors += 1
-            log.error("inference failed; batch skipped", extra={"error": str(exc), "frames": len(batch)})
+            limited.error("inference failed; batch skipped", None, error=str(exc), frames=len(batch))
             time.sleep(0.05)
             return
         for frame, out in zip(batch, outs, strict=True):
@@ -223,7 +230,7 @@ class InferenceWorker:
                 preprocess_ms=out.cut_ms + out.stitch_ms, infer_ms=out.infer_ms,
             )  # fmt: skip
             if not self.results.put(scored):
-                log.warning("result dropped: result queue full", extra={"camera": frame.camera})
+                limited.warning("result dropped: result queue full", frame.camera, camera=frame.camera)
         self.batches += 1
         self.last_progress = time.monotonic()
 
@@ -274,7 +281,7 @@ class PostprocessWorker:
                 self._summaries()
             except Exception:
                 self.errors += 1
-                log.exception("postprocess failed")
+                limited.log(logging.ERROR, "postprocess failed", None, exc_info=True)
         self._summaries(force=True)
 
     def handle(self, item: Scored) -> None:
@@ -332,8 +339,11 @@ class PostprocessWorker:
                 messages.append((cam.topic("heatmap"), heatmap, 1))
         cam.latest = (frame, amap, frame.frame_id)
         cam.summary.add(frame.frame_id, score, anomalous)
-        if messages:
-            ids = self.outbox.add_many(cam.name, messages)
+        image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None
+        ids = self.outbox.add_many(cam.name, messages, image_mark) if messages else []
+        if not messages and image_mark is not None:
+            self.outbox.mark(cam.name, image_mark)
+        if ids:  # [] when the outbox could not store them (disk full): counted there, the line goes on
             t_written = time.perf_counter()
             if len(cam.marks) > MARKS_LIMIT:
                 cam.marks.pop(next(iter(cam.marks)), None)

@@ -5,6 +5,12 @@ on its golden samples before any camera opens. Stop order drains instead of drop
 the queues empty through inference and post-processing into the outbox, each link delivers what it
 can within the drain timeout and publishes its offline status, and only then does the process end.
 Undelivered rows stay in the outbox for the next start.
+
+Faults that last (broker away, disk full under the outbox, a camera stalling) are visible in three
+places, each counting every event: the metrics topic and Prometheus (connect failures, disconnects,
+outbox drops and unstored verdicts, source stalls), the retained status (an ``outbox`` object while
+verdicts are dropped or lost, re-published when that changes) and ``/healthz`` detail. The log says
+it too, rate-limited (``edge.logs.RepeatLimiter``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from edge import payloads, sdnotify
 from edge.commands import CommandHandler
 from edge.config import EdgeConfig
+from edge.logs import RepeatLimiter
 from edge.model_manager import LoadedModel, ModelManager
 from edge.mqtt import MqttLink
 from edge.observability import MetricsServer, Telemetry
@@ -29,6 +36,7 @@ from edge.queues import BoundedQueue
 from edge.stats import STAGES
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -85,6 +93,7 @@ class EdgeRuntime:
         self._started = False
         self._loop_thread = threading.Thread(target=self._periodic, name="metrics", daemon=True)
         self._last_metrics = time.monotonic()
+        self._outbox_seen: dict[str, Any] | None = None  # the outbox state last put on the status
 
     # ----- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -178,7 +187,22 @@ class EdgeRuntime:
             model.backend_name if model else None,
             error=self.models.last_error,
             threshold=cam.threshold,
+            outbox=self.outbox_state(),
         )
+
+    def outbox_state(self) -> dict[str, Any] | None:
+        """What the status says about the outbox: None while nothing was dropped or lost."""
+        box = self.outbox
+        if not (box.dropped or box.not_stored or box.last_error):
+            return None
+        state: dict[str, Any] = {
+            "dropped": box.dropped,
+            "not_stored": box.not_stored,
+            "disk_full": box.disk_full,
+        }
+        if box.last_error:
+            state["error"] = box.last_error
+        return state
 
     def _model_changed(self, model: LoadedModel) -> None:
         self.telemetry.set_model(model.name, model.version, model.backend_name)
@@ -220,6 +244,8 @@ class EdgeRuntime:
             "postprocess_alive": self.postprocess.alive,
             "stalled": stalled,
             "mqtt_connected": {c.name: bool(c.link and c.link.connected.is_set()) for c in self.cameras},
+            # a full disk is reported, not "unhealthy": a watchdog restart would not free the disk
+            "outbox": self.outbox_state() or {"dropped": 0, "not_stored": 0, "disk_full": False},
         }
         return ok, detail
 
@@ -243,12 +269,16 @@ class EdgeRuntime:
                 "frames": cam.queue.dropped,
                 "results": self.results.dropped,
                 "outbox": self.outbox.dropped,
+                "outbox_not_stored": self.outbox.not_stored,
             },
+            "outbox_healthy": self.outbox.healthy,
             "anomaly_rate": round(anomalies / frames, 4) if frames else 0.0,
             "reconnects": link.stats.reconnects if link else 0,
+            "connect_failures": link.stats.connect_failures if link else 0,
             "outbox_depth": self.outbox.depth(cam.name),
             "bad_frames": dict(stats.bad_frames),
             "source_reopens": stats.reopens,
+            "source_stalls": stats.stalls,
             "model": model.ref() if model else None,
             "backend": model.backend_name if model else None,
             "reload_failures": self.models.reload_failures,
@@ -263,6 +293,10 @@ class EdgeRuntime:
         t.reconnects.labels(cam.name).set(body["reconnects"])
         t.connected.labels(cam.name).set(1 if cam.link and cam.link.connected.is_set() else 0)
         t.reopens.labels(cam.name).set(cam.source.stats.reopens)
+        t.stalls.labels(cam.name).set(cam.source.stats.stalls)
+        if cam.link is not None:
+            t.connect_failures.labels(cam.name).set(cam.link.stats.connect_failures)
+            t.disconnects.labels(cam.name).set(cam.link.stats.disconnects)
         for reason, n in cam.source.stats.bad_frames.items():
             t.bad_frames.labels(cam.name, reason).set(n)
 
@@ -279,6 +313,14 @@ class EdgeRuntime:
         t.drops.labels("results").set(self.results.dropped)
         t.outbox_depth.set(self.outbox.depth())
         t.outbox_dropped.set(self.outbox.dropped)
+        t.outbox_not_stored.set(self.outbox.not_stored)
+        t.outbox_healthy.set(1 if self.outbox.healthy else 0)
+        state = self.outbox_state()
+        if state != self._outbox_seen:  # verdicts started to drop or be lost, or the disk recovered
+            self._outbox_seen = state
+            for cam in self.cameras:
+                if cam.link is not None:
+                    cam.link.publish_status()
         t.reload_failures.set(self.models.reload_failures)
 
     def _periodic(self) -> None:
@@ -293,4 +335,4 @@ class EdgeRuntime:
                 try:
                     self.publish_metrics()
                 except Exception:
-                    log.exception("metrics publication failed")
+                    limited.log(logging.ERROR, "metrics publication failed", exc_info=True)

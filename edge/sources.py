@@ -7,6 +7,23 @@ skipped. Each event is logged and counted (``SourceStats``) so that it shows on 
 URI forms: ``0`` (camera index), a video file path, ``rtsp://``/``http(s)://`` streams,
 ``gst:PIPELINE`` (GStreamer, e.g. Jetson CSI cameras) and ``dir:PATH`` (a folder a line-scan camera
 writes images into, processed in arrival order: mtime, then name; each file once).
+
+Why a stall watchdog beside the backends' own timeouts: FFmpeg streams honour
+``camera.stall_timeout_s`` as a read timeout, but a V4L2 device or a GStreamer pipeline can block in
+``read()`` forever, and a blocked read cannot be interrupted from another thread. The watchdog
+notices a reader call (open or read) that has been running longer than the stall timeout plus a
+grace (so a backend's own timeout, which releases the reader cleanly, fires first), leaves that thread
+to finish or hang on its own, and starts a fresh capture thread that reopens the source. At most
+``MAX_STUCK`` threads are left behind; beyond that the watchdog only reports.
+
+Why ``dir:`` sources resume after a mark: a restarted edge would otherwise score the whole folder
+again under new frame ids, which subscribers cannot deduplicate. The pipeline stores the (mtime, name)
+of the last image whose verdict reached the outbox, in the same transaction; a reader opened with that
+mark skips the images at or before it that are already in the folder. An image copied in with an
+older mtime while the edge was down is skipped too: the ordering is by mtime.
+
+Repeated events (open failures, bad frames, stalls) are logged through ``RepeatLimiter``: the first,
+then one summary per ``[logging] repeat_every_s``; ``SourceStats`` counts every one.
 """
 
 from __future__ import annotations
@@ -18,17 +35,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from contract.frames import decode_file
 from edge.config import CameraConfig
+from edge.logs import RepeatLimiter
 
 log = logging.getLogger(__name__)
+limited = RepeatLimiter(log)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"})
 MIN_SIDE = 8
+MAX_STUCK = 4  # capture threads left blocked in a driver before the watchdog stops abandoning more
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class Frame:
     source_pos: int  # index since the source was (re)opened
     source_name: str | None = None  # file name for dir: sources
     frame_id: int = -1  # assigned by the pipeline
+    mark: tuple[int, str] | None = None  # dir: sources: (mtime_ns, name), stored with the verdict
 
 
 @dataclass
@@ -89,6 +111,7 @@ class SourceStats:
     frames: int = 0
     reopens: int = 0
     open_failures: int = 0
+    stalls: int = 0  # reads or opens that hung past camera.stall_timeout_s (backend timeout or watchdog)
     bad_frames: dict[str, int] = field(default_factory=dict)
 
     def bad(self, reason: str) -> None:
@@ -144,7 +167,7 @@ class CaptureReader:
         try:
             ok, image = self._cap.read()
         except cv2.error as exc:
-            log.warning("read failed", extra={"source": self.spec.uri, "error": str(exc)})
+            limited.warning("read failed", self.spec.uri, source=self.spec.uri, error=str(exc))
             return ReadStatus.FAIL, None, None
         if not ok:
             return (ReadStatus.END if self.spec.kind == "file" else ReadStatus.FAIL), None, None
@@ -164,7 +187,7 @@ class DirReader:
     the folder's size; a file removed and written again under the same name is a new image.
     """
 
-    def __init__(self, spec: SourceSpec, settle_s: float = 0.0) -> None:
+    def __init__(self, spec: SourceSpec, settle_s: float = 0.0, after: tuple[int, str] | None = None) -> None:
         self.spec = spec
         self.fps = 0.0
         self.folder = Path(spec.target)
@@ -173,10 +196,18 @@ class DirReader:
         self.settle_s = settle_s
         self._seen: set[str] = set()
         self._pending: list[tuple[int, str]] = []
+        self._after = after
         self.current_name: str | None = None
+        self.current_mark: tuple[int, str] | None = None
+
+    def skip_through(self, mark: tuple[int, str] | None) -> None:
+        """Before the first read: images already in the folder at or before ``mark`` are done."""
+        if mark is not None and (self._after is None or mark > self._after):
+            self._after = mark
 
     def _scan(self) -> None:
         now_ns = time.time_ns()
+        after, self._after = self._after, None  # only the images there at the first scan
         present: set[str] = set()
         fresh: list[tuple[int, str]] = []
         with os.scandir(self.folder) as entries:
@@ -193,6 +224,9 @@ class DirReader:
                 present.add(name)
                 if name in self._seen:
                     continue
+                if after is not None and (mtime, name) <= after:
+                    self._seen.add(name)
+                    continue
                 if self.settle_s and now_ns - mtime < self.settle_s * 1e9:
                     continue  # still being written; take it on a later scan
                 fresh.append((mtime, name))
@@ -207,13 +241,12 @@ class DirReader:
             self._scan()
             if not self._pending:
                 return ReadStatus.IDLE, None, None
-        _, name = self._pending.pop(0)
+        mtime, name = self._pending.pop(0)
         self._seen.add(name)
-        self.current_name = name
+        self.current_name, self.current_mark = name, (mtime, name)
         image = decode_file(self.folder / name)  # the trainer's decode rule (contract/frames.py)
         if image is None:
-            log.warning("undecodable image skipped", extra={"source": self.spec.uri, "file": name})
-            return ReadStatus.BAD, None, "undecodable"
+            return ReadStatus.BAD, None, "undecodable"  # counted and logged (rate-limited) by the caller
         reason = check_frame(image)
         if reason is not None:
             return ReadStatus.BAD, None, reason
@@ -230,10 +263,11 @@ def open_reader(spec: SourceSpec, cfg: CameraConfig) -> CaptureReader | DirReade
 
 
 class CameraSource:
-    """One capture thread: open, read, validate, hand frames to ``sink``; reopen on failure.
+    """One capture thread: open, read, validate, hand frames to ``sink``; reopen on failure or stall.
 
     ``sink`` is called from the capture thread; it applies the queue policy (drop or block).
     ``finished`` is set when the source ends for good (file end with ``at_end='stop'``, or stop()).
+    ``resume_after`` (dir: sources): the mark of the last image whose verdict is already stored.
     """
 
     def __init__(
@@ -243,6 +277,7 @@ class CameraSource:
         cfg: CameraConfig,
         sink: Callable[[Frame], object],
         reader_factory: Callable[[SourceSpec, CameraConfig], CaptureReader | DirReader] = open_reader,
+        resume_after: tuple[int, str] | None = None,
     ) -> None:
         self.camera = camera
         self.spec = parse_source(uri)
@@ -252,10 +287,19 @@ class CameraSource:
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._reader_factory = reader_factory
-        self._thread = threading.Thread(target=self._run, name=f"capture-{camera}", daemon=True)
+        self._mark = resume_after
+        self._gen = 0  # the capture thread generation; the watchdog starts a new one on a stall
+        self._busy: tuple[int, float] | None = None  # (generation, since) of the reader call in progress
+        self._stuck: list[threading.Thread] = []
+        self._thread = self._capture_thread(0)
+        self._watchdog = threading.Thread(target=self._watch, name=f"watchdog-{camera}", daemon=True)
+
+    def _capture_thread(self, gen: int) -> threading.Thread:
+        return threading.Thread(target=self._run, args=(gen,), name=f"capture-{self.camera}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._watchdog.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -267,36 +311,92 @@ class CameraSource:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _open(self, backoff: float) -> tuple[CaptureReader | DirReader | None, float]:
+    @property
+    def stall_limit_s(self) -> float:
+        """How long one reader call may run before the watchdog replaces the capture thread."""
+        return self.cfg.stall_timeout_s + max(1.0, self.cfg.stall_timeout_s / 2)
+
+    # ----- the watchdog --------------------------------------------------------------------------
+    def _call(self, gen: int, fn: Callable[[], Any]) -> Any:
+        """Run one reader call (open/read) under the watchdog's eye."""
+        self._busy = (gen, time.monotonic())
         try:
-            reader = self._reader_factory(self.spec, self.cfg)
+            return fn()
+        finally:
+            if self._busy is not None and self._busy[0] == gen:
+                self._busy = None
+
+    def _watch(self) -> None:
+        limit = self.stall_limit_s
+        while not self._stop.wait(min(1.0, limit / 4)):
+            busy = self._busy
+            if busy is None or busy[0] != self._gen or time.monotonic() - busy[1] < limit:
+                continue
+            self._stuck = [t for t in self._stuck if t.is_alive()]
+            if len(self._stuck) >= MAX_STUCK:
+                limited.error(
+                    "camera stuck: capture threads blocked in the driver; not starting more",
+                    self.camera,
+                    camera=self.camera,
+                    stuck_threads=len(self._stuck),
+                )
+                continue
+            self.stats.stalls += 1
+            limited.warning(
+                "source stalled; reopening",
+                self.camera,
+                camera=self.camera,
+                source=self.spec.uri,
+                stalled_s=round(time.monotonic() - busy[1], 1),
+                by="watchdog",
+            )
+            self._stuck.append(self._thread)
+            self._gen += 1
+            self._busy = None
+            self._thread = self._capture_thread(self._gen)
+            self._thread.start()
+
+    # ----- the capture thread --------------------------------------------------------------------
+    def _open(self, gen: int, backoff: float) -> tuple[CaptureReader | DirReader | None, float]:
+        try:
+            reader = self._call(gen, lambda: self._reader_factory(self.spec, self.cfg))
         except (OSError, cv2.error) as exc:
             self.stats.open_failures += 1
-            log.warning(
+            limited.warning(
                 "source open failed; retrying",
-                extra={"camera": self.camera, "source": self.spec.uri, "error": str(exc), "retry_s": backoff},
+                self.camera,
+                camera=self.camera,
+                source=self.spec.uri,
+                error=str(exc),
+                retry_s=backoff,
             )
             self._stop.wait(backoff)
             return None, min(backoff * 2, self.cfg.reopen_max_s)
-        log.info("source opened", extra={"camera": self.camera, "source": self.spec.uri})
+        if isinstance(reader, DirReader):
+            reader.skip_through(self._mark)
+        limited.flush(self.camera, camera=self.camera)
+        limited.info("source opened", self.camera, camera=self.camera, source=self.spec.uri)
         return reader, backoff
 
-    def _run(self) -> None:
+    def _run(self, gen: int) -> None:
         backoff = self.cfg.reopen_min_s
-        first = True
+        first = gen == 0
         try:
-            while not self._stop.is_set():
-                reader, backoff = self._open(backoff)
+            while not self._stop.is_set() and gen == self._gen:
+                reader, backoff = self._open(gen, backoff)
                 if reader is None:
                     continue
+                if gen != self._gen:  # the watchdog gave up on this thread while it was opening
+                    reader.close()
+                    return
                 if not first:
                     self.stats.reopens += 1
                 first = False
                 try:
-                    outcome = self._pump(reader)
+                    outcome = self._pump(gen, reader)
                 finally:
                     reader.close()
-                if outcome == "stop":
+                if outcome in ("stop", "abandoned"):
                     return
                 if outcome == "loop":
                     backoff = self.cfg.reopen_min_s
@@ -307,22 +407,30 @@ class CameraSource:
         except Exception:  # the line goes on: log it; the pipeline sees `finished`
             log.exception("capture thread crashed", extra={"camera": self.camera})
         finally:
-            self.finished.set()
+            if gen == self._gen:
+                self.finished.set()
 
-    def _pump(self, reader: CaptureReader | DirReader) -> str:
-        """Read until the reader fails or ends; returns stop, loop or reopen."""
+    def _pump(self, gen: int, reader: CaptureReader | DirReader) -> str:
+        """Read until the reader fails or ends; returns stop, loop, reopen or abandoned."""
         pos = 0
         pace = 1.0 / reader.fps if self.cfg.realtime and reader.fps > 0 else 0.0
         next_due = time.perf_counter()
         while not self._stop.is_set():
             t0 = time.perf_counter()
-            status, image, why = reader.read()
+            status, image, why = self._call(gen, reader.read)
             t1 = time.perf_counter()
+            if gen != self._gen:
+                return "abandoned"  # the watchdog already reopened the source in a new thread
+            mark = reader.current_mark if isinstance(reader, DirReader) else None
+            if mark is not None and (self._mark is None or mark > self._mark):
+                self._mark = mark
             if status == ReadStatus.FRAME:
                 assert image is not None
                 self.stats.frames += 1
                 name = reader.current_name if isinstance(reader, DirReader) else None
-                self.sink(Frame(self.camera, image, time.time(), t1, (t1 - t0) * 1000.0, pos, name))
+                self.sink(
+                    Frame(self.camera, image, time.time(), t1, (t1 - t0) * 1000.0, pos, name, mark=mark)
+                )
                 pos += 1
                 if pace:
                     next_due += pace
@@ -332,7 +440,8 @@ class CameraSource:
                 continue
             if status == ReadStatus.BAD:
                 self.stats.bad(why or "bad")
-                log.warning("bad frame skipped", extra={"camera": self.camera, "reason": why})
+                file = reader.current_name if isinstance(reader, DirReader) else None
+                limited.warning("bad frame skipped", self.camera, camera=self.camera, reason=why, file=file)
                 continue
             if status == ReadStatus.IDLE:
                 if self.cfg.at_end == "stop":
@@ -340,8 +449,21 @@ class CameraSource:
                 self._stop.wait(self.cfg.dir_poll_s)
                 continue
             if status == ReadStatus.END:
-                log.info("video ended", extra={"camera": self.camera, "at_end": self.cfg.at_end})
+                limited.info("video ended", self.camera, camera=self.camera, at_end=self.cfg.at_end)
                 return {"stop": "stop", "loop": "loop"}.get(self.cfg.at_end, "reopen")
-            log.warning("source failed; reopening", extra={"camera": self.camera, "source": self.spec.uri})
+            if t1 - t0 >= 0.9 * self.cfg.stall_timeout_s:  # the backend's own read timeout fired
+                self.stats.stalls += 1
+                limited.warning(
+                    "source stalled; reopening",
+                    self.camera,
+                    camera=self.camera,
+                    source=self.spec.uri,
+                    stalled_s=round(t1 - t0, 1),
+                    by="read timeout",
+                )
+            else:
+                limited.warning(
+                    "source failed; reopening", self.camera, camera=self.camera, source=self.spec.uri
+                )
             return "reopen"
         return "stop"

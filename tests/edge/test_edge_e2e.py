@@ -264,3 +264,26 @@ def test_two_cameras_micro_batched(
         assert rec.json(f"{name}/status")[-1]["camera"] == name
     assert rt.inference.batches <= 30
     validate_all(rec)
+
+
+def test_dir_restart_scores_only_new_images(
+    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any
+) -> None:
+    """A restarted edge resumes a dir: camera after the last image whose verdict it stored."""
+    rec = mqtt_recorder([f"{SITE}/+/result"])
+    folder = tmp_path / "spool"
+    bundle = make_bundle(tmp_path / "toy-v1")
+    for i in range(8):
+        write_frame(folder, i, i == 5)
+    rt = runtime_factory(edge_config(tmp_path, mqtt_broker.url), bundle, [f"dir:{folder}"])
+    wait_for(lambda: len(results(rec)) >= 8, 120, what="the first run's verdicts")
+    rt.shutdown()
+    for i in range(8, 12):
+        write_frame(folder, i, i == 10)
+    runtime_factory(edge_config(tmp_path, mqtt_broker.url), bundle, [f"dir:{folder}"])
+    wait_for(lambda: len(results(rec)) >= 12, 120, what="the second run's verdicts")
+    docs = results(rec)
+    assert [d["source"]["file"] for d in docs] == [f"{i:06d}.png" for i in range(12)]  # each image once
+    ids = [d["frame_id"] for d in docs]
+    assert ids[:8] == list(range(8)) and ids[8] >= 1000 and ids[8:] == list(range(ids[8], ids[8] + 4))
+    assert [d["anomalous"] for d in docs] == [i in (5, 10) for i in range(12)]

@@ -193,3 +193,84 @@ def test_tls_and_password(
     for lk in (wrong, link):
         lk.stop(1)
         lk.join(20)
+
+
+def test_backoff_delays_grow_capped_with_jitter() -> None:
+    import random
+
+    from edge.mqtt import backoff_delay
+
+    rng = random.Random(7)
+    for attempt in range(60):
+        nominal = min(30.0, 0.2 * 2**attempt)
+        delays = [backoff_delay(attempt, 0.2, 30.0, rng) for _ in range(50)]
+        assert all(nominal / 2 <= d <= nominal for d in delays)
+        assert max(delays) - min(delays) > nominal / 10  # jittered, not lock-step
+
+
+def test_backoff_not_defeated_by_new_results(
+    mqtt_broker: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 17: results woke the link while the broker was down and every backoff returned at once."""
+    import logging
+    import math
+    import threading
+    import time
+
+    caplog.set_level(logging.INFO, "edge.mqtt")
+    box = Outbox(tmp_path / "o.sqlite")
+    mqtt_broker.stop()  # nothing listens on its port any more: every attempt is refused at once
+    url = mqtt_broker.url
+    low, high, window = 0.05, 2.0, 4.0
+    # a camera name of its own: log rate limits are per camera and per process (other tests used cam0)
+    link = MqttLink(
+        MqttConfig(url=url, reconnect_min_s=low, reconnect_max_s=high), "cam-b", ROOT, box, status
+    )
+    link.start()
+    stop = threading.Event()
+
+    def results() -> None:  # the line keeps scoring: a result (and a wake-up) every 5 ms
+        n = 0
+        while not stop.wait(0.005):
+            box.add("cam-b", f"{ROOT}/result", str(n).encode())
+            link.wake()
+            n += 1
+
+    producer = threading.Thread(target=results)
+    t0 = time.monotonic()
+    producer.start()
+    try:
+        time.sleep(window)
+        attempts = link.stats.connect_failures
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        producer.join(10)
+    # Each wait is at least half its nominal low*2^k: over `elapsed` seconds at most
+    # log2(elapsed / (low/2) + 1) attempts while doubling, plus the ones at the cap.
+    doubling = math.ceil(math.log2(elapsed / (low / 2) + 1))
+    bound = doubling + math.ceil(elapsed / (high / 2)) + 1
+    assert 2 <= attempts <= bound, (attempts, bound)
+    unreachable = [r for r in caplog.records if r.getMessage().startswith("broker unreachable")]
+    assert len(unreachable) == 1, [r.getMessage() for r in unreachable]  # the rest are counted, not logged
+    assert box.depth() >= 400  # the results kept coming meanwhile
+    t_stop = time.monotonic()
+    link.stop(1)
+    link.join(10)
+    assert not link.alive and time.monotonic() - t_stop < 2.0  # stop cuts the backoff short
+
+
+def test_stop_ends_a_long_backoff_promptly(mqtt_broker: Any, tmp_path: Path) -> None:
+    import time
+
+    box = Outbox(tmp_path / "o.sqlite")
+    mqtt_broker.stop()
+    conf = MqttConfig(url=mqtt_broker.url, reconnect_min_s=20, reconnect_max_s=60)
+    link = MqttLink(conf, "cam0", ROOT, box, status)
+    link.start()
+    wait_for(lambda: link.stats.connect_failures >= 1, 30, what="the first refused attempt")
+    t0 = time.monotonic()
+    link.stop(1)
+    link.join(10)
+    assert not link.alive and time.monotonic() - t0 < 2.0
+    assert link.stats.connect_failures == 1  # waiting 10-20 s, not retrying

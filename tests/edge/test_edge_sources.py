@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -181,3 +182,94 @@ def test_video_loop_and_stop(tmp_path: Path) -> None:
     once.start()
     assert once.finished.wait(60)
     assert len(sink2.frames) == 5 and sink2.frames[0].image.shape == (120, 160, 3)
+
+
+class HangingReader:
+    """``frames`` good frames, then a read that blocks until ``release`` is set (a driver that hangs)."""
+
+    def __init__(self, frames: int, release: threading.Event) -> None:
+        self.frames, self.release, self.fps, self.closed = frames, release, 0.0, False
+
+    def read(self) -> tuple[str, np.ndarray | None, str | None]:
+        if self.frames:
+            self.frames -= 1
+            return ReadStatus.FRAME, np.zeros((16, 16, 3), np.uint8), None
+        self.release.wait()
+        return ReadStatus.FAIL, None, None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_watchdog_reopens_a_source_whose_read_hangs() -> None:
+    release = threading.Event()
+    readers: list[HangingReader] = []
+
+    def factory(spec: SourceSpec, cfg: CameraConfig) -> HangingReader:
+        readers.append(HangingReader(3 if not readers else 5, release))
+        return readers[-1]
+
+    sink = Collector()
+    cfg = CameraConfig(reopen_min_s=0.01, reopen_max_s=0.05, stall_timeout_s=0.3)
+    src = CameraSource("cam", "rtsp://cam.local/stream", cfg, sink, reader_factory=factory)
+    t0 = time.monotonic()
+    src.start()
+    try:
+        wait_for(lambda: len(sink.frames) >= 8, 60, what="frames from the reopened source")
+        assert time.monotonic() - t0 >= src.stall_limit_s  # not before the stall limit
+        assert src.stats.stalls >= 1 and src.stats.reopens >= 1
+        assert src.alive and not src.finished.is_set()
+        assert not readers[0].closed  # still blocked in its read, left to its thread
+    finally:
+        release.set()
+        src.stop()
+        src.join(10)
+    wait_for(lambda: readers[0].closed, 30, what="the abandoned thread to close its reader")
+    assert [f.source_pos for f in sink.frames[:8]] == [0, 1, 2, 0, 1, 2, 3, 4]
+
+
+def test_backend_read_timeout_counts_as_a_stall(caplog: pytest.LogCaptureFixture) -> None:
+    class TimesOut(ScriptedReader):
+        def read(self) -> tuple[str, np.ndarray | None, str | None]:
+            if self.script and self.script[0] == "timeout":
+                self.script.pop(0)
+                time.sleep(0.3)  # what FFmpeg's read timeout (camera.stall_timeout_s) looks like
+                return ReadStatus.FAIL, None, None
+            return super().read()
+
+    scripts = [["ok", "timeout"], ["ok", "ok"]]
+    sink = Collector()
+    cfg = CameraConfig(reopen_min_s=0.01, reopen_max_s=0.05, stall_timeout_s=0.3, at_end="stop")
+    factory = lambda spec, c: TimesOut(scripts.pop(0))  # noqa: E731
+    # a camera name of its own: the limiter's runs are per camera and per process
+    src = CameraSource("cam-timeout", "/fake.avi", cfg, sink, reader_factory=factory)
+    caplog.set_level(logging.INFO, "edge.sources")
+    src.start()
+    assert src.finished.wait(30)
+    assert len(sink.frames) == 3 and src.stats.stalls == 1 and src.stats.reopens == 1
+    stalled = [r for r in caplog.records if r.getMessage() == "source stalled; reopening"]
+    assert len(stalled) == 1 and stalled[0].by == "read timeout"
+
+
+def test_dir_source_resumes_after_its_mark(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    now = time.time_ns()
+    marks = []
+    for i in range(5):
+        path = folder / f"{i:03d}.png"
+        cv2.imwrite(str(path), render(i, False))
+        os.utime(path, ns=(now - (100 - i) * 10**9, now - (100 - i) * 10**9))
+        marks.append((path.stat().st_mtime_ns, path.name))
+    sink = Collector()
+    src = CameraSource("line", f"dir:{folder}", FAST, sink, resume_after=marks[2])
+    src.start()
+    wait_for(lambda: len(sink.frames) == 2, 30)
+    assert [f.source_name for f in sink.frames] == ["003.png", "004.png"]
+    assert [f.mark for f in sink.frames] == marks[3:]
+    old = folder / "000b.png"  # arrives now, while running: read although its name sorts early
+    cv2.imwrite(str(old), render(9, False))
+    wait_for(lambda: len(sink.frames) == 3, 30)
+    src.stop()
+    src.join(10)
+    assert sink.frames[-1].source_name == "000b.png"
