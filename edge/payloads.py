@@ -74,8 +74,65 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def model_ref(name: str | None, version: int | None) -> dict[str, Any] | None:
-    return None if name is None or version is None else {"name": name, "version": int(version)}
+def result_payload(
+    frame: Any,
+    camera: str,
+    model: Any,
+    *,
+    score: float,
+    threshold: float,
+    anomalous: bool,
+    task: int,
+    regions: list[dict[str, Any]],
+    latency_ms: dict[str, float],
+    heatmap: bool,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The per-frame verdict (``result`` schema). ``frame`` is an ``edge.sources.Frame``, ``model`` the
+    ``LoadedModel`` that scored it (its name, version, backend and task names)."""
+    tasks = model.bundle.tasks
+    fh, fw = frame.image.shape[:2]
+    out: dict[str, Any] = {
+        "schema": RESULT,
+        "ts": utc_iso(frame.captured_at),
+        "frame_id": frame.frame_id,
+        "camera": camera,
+        "model": model.ref(),
+        "backend": model.backend_name,
+        "score": round(score, 6),
+        "threshold": threshold,
+        "anomalous": anomalous,
+        "task": task,
+        "task_name": tasks[task] if 0 <= task < len(tasks) else None,
+        "regions": regions,
+        "latency_ms": {k: round(v, 3) for k, v in latency_ms.items()},
+        "frame_size": {"width": fw, "height": fh},
+        "source": {"pos": frame.source_pos, "file": frame.source_name},
+        "heatmap": heatmap,
+    }
+    if error:
+        out["error"] = error
+    return out
+
+
+def summary_payload(
+    camera: str, model: Any, summary: Any, period_s: float, threshold: float
+) -> dict[str, Any]:
+    """Normal frames between two summaries (publish mode ``anomalies``); ``summary`` is a camera's
+    ``edge.camera.Summary``, ``model`` the loaded model or None before the first one."""
+    return {
+        "schema": SUMMARY,
+        "ts": utc_iso(),
+        "camera": camera,
+        "model": model.ref() if model else {"name": "unknown", "version": 0},
+        "period_s": round(period_s, 3),
+        "frames": summary.frames,
+        "anomalies": summary.anomalies,
+        "first_frame_id": summary.first_frame_id,
+        "last_frame_id": summary.last_frame_id,
+        "max_score": None if summary.max_score is None else round(summary.max_score, 6),
+        "threshold": threshold,
+    }
 
 
 def status_payload(

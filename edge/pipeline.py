@@ -16,20 +16,20 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from edge import payloads
+from edge.camera import Camera, Summary
 from edge.config import EdgeConfig
 from edge.logs import RepeatLimiter
 from edge.model_manager import LoadedModel, ModelManager
 from edge.observability import Telemetry
-from edge.outbox import FrameIds, Outbox, OutboxError
+from edge.outbox import Outbox
 from edge.postprocess import find_regions, overlay_jpeg
 from edge.queues import BoundedQueue, Closed
-from edge.sources import CameraSource, Frame
+from edge.sources import Frame
 from edge.tiling import FrameScorer
 
 log = logging.getLogger(__name__)
@@ -50,64 +50,6 @@ class Scored:
     queue_ms: float
     preprocess_ms: float
     infer_ms: float
-
-
-@dataclass
-class Summary:
-    """Accumulates normal frames between summaries (publish mode 'anomalies')."""
-
-    since: float = field(default_factory=time.monotonic)
-    frames: int = 0
-    anomalies: int = 0
-    first_frame_id: int | None = None
-    last_frame_id: int | None = None
-    max_score: float | None = None
-
-    def add(self, frame_id: int, score: float, anomalous: bool) -> None:
-        self.frames += 1
-        self.anomalies += int(anomalous)
-        self.first_frame_id = frame_id if self.first_frame_id is None else self.first_frame_id
-        self.last_frame_id = frame_id
-        self.max_score = score if self.max_score is None else max(self.max_score, score)
-
-
-class Camera:
-    """Per-camera state shared by the stages, the MQTT link, the commands and the metrics."""
-
-    def __init__(
-        self, name: str, root: str, uri: str, cfg: EdgeConfig, outbox: Outbox, max_frames: int | None
-    ) -> None:
-        self.name, self.root, self.uri = name, root, uri
-        self.cfg = cfg
-        self.threshold = cfg.publish.threshold
-        self.ids = FrameIds(outbox, name)
-        self.max_frames = max_frames
-        self.results = 0
-        self.anomalies = 0
-        self.summary = Summary()
-        self.latest: tuple[Frame, np.ndarray | None, int] | None = None  # for the snapshot command
-        self.marks: dict[int, tuple[float, float]] = {}  # outbox row -> (t_captured, t_written)
-        self.link: Any = None  # MqttLink, attached by the runtime
-        self.done = threading.Event()  # max_frames reached
-        self.source = CameraSource(
-            name, uri, cfg.camera, self._accept, resume_after=outbox.source_mark(name, uri)
-        )
-        policy = cfg.queues.offline_policy if self.source.spec.offline else cfg.queues.policy
-        self.queue: BoundedQueue[Frame] = BoundedQueue(cfg.queues.frames, policy)
-
-    def topic(self, leaf: str) -> str:
-        return f"{self.root}/{leaf}"
-
-    def _accept(self, frame: Frame) -> None:
-        """Capture-thread sink: number the frame, then queue it under the camera's full policy."""
-        try:
-            frame.frame_id = self.ids.next()
-        except OutboxError:  # no id can be reserved durably (disk full): drop the frame, counted there
-            return
-        self.queue.put(frame)
-
-    def attach_signal(self, signal: threading.Event) -> None:
-        self.queue._signal = signal
 
 
 class InferenceWorker:
@@ -304,34 +246,14 @@ class PostprocessWorker:
                 heatmap = overlay_jpeg(frame.image, amap, cfg.heatmap_alpha, cfg.heatmap_quality)
         t1 = time.perf_counter()
         post_ms = (t1 - t0) * 1000.0
-        tasks = item.model.bundle.tasks
-        body: dict[str, Any] = {
-            "schema": payloads.RESULT,
-            "ts": payloads.utc_iso(frame.captured_at),
-            "frame_id": frame.frame_id,
-            "camera": cam.name,
-            "model": item.model.ref(),
-            "backend": item.model.backend_name,
-            "score": round(score, 6),
-            "threshold": threshold,
-            "anomalous": anomalous,
-            "task": item.task,
-            "task_name": tasks[item.task] if 0 <= item.task < len(tasks) else None,
-            "regions": regions,
-            "latency_ms": {
-                "capture": round(frame.capture_ms, 3),
-                "queue": round(item.queue_ms, 3),
-                "preprocess": round(item.preprocess_ms, 3),
-                "infer": round(item.infer_ms, 3),
-                "postprocess": round(post_ms, 3),
-                "pipeline": round((t1 - frame.t_captured) * 1000.0, 3),
-            },
-            "frame_size": {"width": fw, "height": fh},
-            "source": {"pos": frame.source_pos, "file": frame.source_name},
-            "heatmap": heatmap is not None,
-        }
-        if error:
-            body["error"] = error
+        latency = {
+            "capture": frame.capture_ms, "queue": item.queue_ms, "preprocess": item.preprocess_ms,
+            "infer": item.infer_ms, "postprocess": post_ms, "pipeline": (t1 - frame.t_captured) * 1000.0,
+        }  # fmt: skip
+        body = payloads.result_payload(
+            frame, cam.name, item.model, score=score, threshold=threshold, anomalous=anomalous,
+            task=item.task, regions=regions, latency_ms=latency, heatmap=heatmap is not None, error=error,
+        )  # fmt: skip
         messages: list[tuple[str, bytes, int]] = []
         if cfg.mode == "every_frame" or anomalous:
             messages.append((cam.topic("result"), payloads.dumps(body), 1))
@@ -382,20 +304,7 @@ class PostprocessWorker:
                 continue
             if force and s.frames == 0:
                 continue
-            loaded = self.models.loaded
-            body = {
-                "schema": payloads.SUMMARY,
-                "ts": payloads.utc_iso(),
-                "camera": cam.name,
-                "model": loaded.ref() if loaded else {"name": "unknown", "version": 0},
-                "period_s": round(now - s.since, 3),
-                "frames": s.frames,
-                "anomalies": s.anomalies,
-                "first_frame_id": s.first_frame_id,
-                "last_frame_id": s.last_frame_id,
-                "max_score": None if s.max_score is None else round(s.max_score, 6),
-                "threshold": cam.threshold,
-            }
+            body = payloads.summary_payload(cam.name, self.models.loaded, s, now - s.since, cam.threshold)
             cam.summary = Summary()
             self.outbox.add(cam.name, cam.topic("result"), payloads.dumps(body), 1)
             if cam.link is not None:

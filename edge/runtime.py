@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import payloads, sdnotify
+from edge.camera import Camera
 from edge.commands import CommandHandler
 from edge.config import EdgeConfig
 from edge.logs import RepeatLimiter
@@ -31,7 +32,7 @@ from edge.model_manager import LoadedModel, ModelManager
 from edge.mqtt import MqttLink
 from edge.observability import MetricsServer, Telemetry
 from edge.outbox import Outbox
-from edge.pipeline import Camera, InferenceWorker, PostprocessWorker, Scored
+from edge.pipeline import InferenceWorker, PostprocessWorker, Scored
 from edge.queues import BoundedQueue
 from edge.stats import STAGES
 

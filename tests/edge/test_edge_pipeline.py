@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 from edge_testkit import edge_config, make_bundle, render, wait_for
 
+from edge.camera import Camera
 from edge.model_manager import ModelManager
 from edge.observability import Telemetry
 from edge.outbox import Outbox
-from edge.pipeline import Camera, InferenceWorker, PostprocessWorker, Scored
+from edge.pipeline import InferenceWorker, PostprocessWorker, Scored
 from edge.queues import BoundedQueue, Closed
 from edge.sources import Frame
 

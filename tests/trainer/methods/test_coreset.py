@@ -40,3 +40,16 @@ def test_projected_greedy_keeps_rare_modes():
 def test_asking_for_everything_returns_everything():
     x = torch.randn(10, 4)
     assert greedy_coreset(x, 50, progress=False).tolist() == list(range(10))
+
+
+def test_two_stage_selection_of_large_sets_covers_like_one_greedy_pass():
+    """Above 2 x chunk candidates the selection runs per chunk, then over the union: distinct,
+    deterministic, rare modes kept, and a coverage radius close to the one-pass greedy's."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(6000, 32, generator=g), torch.randn(4, 32, generator=g) * 0.5 + 6])
+    two = greedy_coreset(x, 300, proj_dim=16, seed=1, progress=False, chunk=1000)
+    assert torch.equal(two, greedy_coreset(x, 300, proj_dim=16, seed=1, progress=False, chunk=1000))
+    assert len(set(two.tolist())) == 300 and (two >= 6000).any()
+    one = greedy_coreset(x, 300, proj_dim=16, seed=1, progress=False, chunk=10**9)
+    assert not torch.equal(one, two)  # the two-stage path really ran
+    assert coverage_radius(x, x[two]) <= 1.15 * coverage_radius(x, x[one])
