@@ -251,17 +251,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peer-venv", type=Path, default=ROOT / "benchmarks" / ".peer-venv")
     p.add_argument("--peer-weights", default="lite0,lite0-defaults,default")
+    p.add_argument("--max-train", type=int, help="a seeded subset: train images per task")
+    p.add_argument("--max-test", type=int, help="a seeded subset: test images per test folder")
     args = p.parse_args(argv)
     if not args.devset.is_dir():
         print(f"dev set not found at {args.devset}: nothing to measure", file=sys.stderr)
         return 2
+    work_root = args.work or Path(tempfile.mkdtemp(prefix="real-images-"))
+    if args.max_train or args.max_test:  # the same linked subset for our runs and the peers
+        from trainer.data.subset import link_subset
+
+        sub = work_root / "devset-subset"
+        for root, task in SEQUENCE:
+            if not (sub / root / task).exists():
+                n_test = args.max_test or 10**6
+                link_subset(
+                    args.devset / root / task, sub / root / task, args.max_train or 10**6, n_test, n_test
+                )
+        args.devset = sub
     parts = set(args.parts.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.mkdtemp(prefix="real-images-"))
+    work = work_root
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "devset": str(args.devset),
+        "subset": {"max_train": args.max_train, "max_test_per_folder": args.max_test},
         "work": str(work),
     }
     json_path, md_path = args.out / "real_images.json", args.out / "real_images.md"
