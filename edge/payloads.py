@@ -74,10 +74,6 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
-def model_ref(name: str | None, version: int | None) -> dict[str, Any] | None:
-    return None if name is None or version is None else {"name": name, "version": int(version)}
-
-
 def status_payload(
     camera: str,
     state: str,

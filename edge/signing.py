@@ -234,10 +234,3 @@ def verify_bytes(data: bytes, sig_doc: dict[str, str], key: KeyMaterial | str | 
         raise SignatureError("signature field is not valid base64") from e
     if not k.verify(data, raw):
         raise SignatureError("signature does not verify: manifest.json was changed after signing")
-
-
-def sign_file(path: str | os.PathLike[str], key: KeyMaterial | str | os.PathLike[str], out: Path) -> dict:
-    """Sign the exact bytes of `path` and write the signature document to `out`."""
-    doc = sign_bytes(Path(path).read_bytes(), key)
-    out.write_bytes(encode_signature(doc))
-    return doc
