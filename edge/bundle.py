@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.errors import BundleError
 from contract.geometry import Geometry
 from edge import signing
 
@@ -68,16 +69,6 @@ REQUIRED_KEYS = (
 )
 OUTPUT_NAMES = ("anomaly_map", "score", "task")
 _CHUNK = 1 << 20
-
-
-class BundleError(Exception):
-    """A bundle failed a check. `check` names it; the message says what and where."""
-
-    def __init__(self, check: str, message: str, path: Path | str | None = None) -> None:
-        self.check = check
-        self.path = str(path) if path is not None else None
-        where = f"bundle {path}: " if path is not None else ""
-        super().__init__(f"{where}{check} check failed: {message}")
 
 
 @dataclass

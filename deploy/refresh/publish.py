@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.errors import BundleError
 from deploy.refresh.config import RefreshConfig
 from deploy.refresh.fsutil import copytree_durable, fsync_dir, fsync_file, random_suffix, remove_tree
 
@@ -52,10 +53,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HIDDEN_TEMP = (".incoming-", ".trash-", ".swap-")
 EXPORT_PREFIX = ".export-"
 KEEP_REJECTED = 3
-
-
-class BundleError(ValueError):
-    """The directory handed to publish is not a bundle we may publish."""
 
 
 class StoreError(RuntimeError):
@@ -108,17 +105,19 @@ def read_identity(bundle: Path) -> tuple[str, int]:
     try:
         doc = json.loads(manifest.read_text())
     except FileNotFoundError:
-        raise BundleError(f"{bundle}: no manifest.json; not a bundle") from None
+        raise BundleError("manifest", "no manifest.json; not a bundle", bundle) from None
     except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest}: not valid JSON: {exc}") from None
+        raise BundleError("manifest", f"manifest.json is not valid JSON: {exc}", bundle) from None
     if doc.get("schema_version") != 1:
-        raise BundleError(f"{manifest}: schema_version {doc.get('schema_version')!r} is not 1")
+        raise BundleError("schema", f"schema_version {doc.get('schema_version')!r} is not 1", bundle)
     model = doc.get("model") or {}
     name, version = model.get("name"), model.get("version")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise BundleError(f"{manifest}: model.name {name!r} is not a usable name (letters, digits, _ . -)")
+        raise BundleError(
+            "keys", f"model.name {name!r} is not a usable name (letters, digits, _ . -)", bundle
+        )
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise BundleError(f"{manifest}: model.version {version!r} is not a non-negative integer")
+        raise BundleError("keys", f"model.version {version!r} is not a non-negative integer", bundle)
     return name, version
 
 
