@@ -67,7 +67,6 @@ REQUIRED_KEYS = (
     "golden",
     "engines",
 )
-OUTPUT_NAMES = ("anomaly_map", "score", "task")
 _CHUNK = 1 << 20
 
 

@@ -47,10 +47,11 @@ from typing import Any
 
 import numpy as np
 
+from contract.graph_io import FRAMES
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
-FRAMES_INPUT = "frames"
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 INSTALL_HINT = (
     "TensorRT not installed: engine build needs an NVIDIA GPU with TensorRT "
@@ -259,7 +260,7 @@ def build_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     refittable: bool = False,
     structure_sha256: str | None = None,
-    frames_input: str = FRAMES_INPUT,
+    frames_input: str = FRAMES,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Parse `onnx_path`, build a serialized plan at `out_path`, write its sidecar; return the entry.

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from contract.geometry import Geometry
+from contract.graph_io import OUTPUT_DTYPES, output_shapes
 from edge import signing
 from edge.bundle import (
     GOLDEN_DIR,
@@ -55,7 +56,7 @@ from edge.bundle import (
 )
 from export.checks import CheckLimits, StaticReport, run_static_checks
 from export.graph_structure import structure_sha256
-from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx
+from export.onnx_export import ExportError, OnnxExport, export_onnx
 from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
 from trainer.methods.base import ScoringGraph
 
@@ -482,8 +483,8 @@ def _build(
             "layout": "NHWC",
             "max_batch": int(max_batch),
         },
-        "outputs": {"anomaly_map": [BATCH_DIM, int(h), int(w)], "score": [BATCH_DIM], "task": [BATCH_DIM]},
-        "output_dtypes": dict(zip(OUTPUT_NAMES, ("float32", "float32", "int64"), strict=True)),
+        "outputs": output_shapes((h, w)),
+        "output_dtypes": dict(OUTPUT_DTYPES),
         "geometry": Geometry.from_dict(info.geometry, (int(h), int(w))).as_dict(),
         "data_inputs": data_entries,
         "threshold": 0.5,
