@@ -742,7 +742,7 @@ class Demo:
             "export",
             [
                 self.py, "-m", "export", "--run", str(self.d["run"]), "--out", str(first),
-                "--registry", str(self.d["store"]), "--sign-key", str(self.d["keys"] / "linewatch.key"),
+                "--store", str(self.d["store"]), "--sign-key", str(self.d["keys"] / "linewatch.key"),
             ],
             "export.log",
         )  # fmt: skip

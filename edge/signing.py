@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,12 @@ def sign_bytes(data: bytes, key: KeyMaterial | str | os.PathLike[str]) -> dict[s
     k = key if isinstance(key, KeyMaterial) else load_key(key)
     sig = k.sign(data)
     return {"alg": k.alg, "key_id": k.key_id, "signature": base64.b64encode(sig).decode("ascii")}
+
+
+def signer(key: KeyMaterial | str | os.PathLike[str]) -> Callable[[bytes], bytes]:
+    """`manifest.json` bytes -> `manifest.sig` bytes under `key` (contract.manifest.write_manifest's `sign`)."""
+    k = key if isinstance(key, KeyMaterial) else load_key(key)
+    return lambda data: encode_signature(sign_bytes(data, k))
 
 
 def encode_signature(doc: dict[str, str]) -> bytes:

@@ -51,7 +51,7 @@ class OrtBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         providers: list[Any] = [provider]
         if provider == "TensorrtExecutionProvider":
-            from edge.trt_build import engine_cache_dir
+            from contract.store import engine_cache_dir
 
             # Beside the bundle with the native engines, so the refresh job prunes both together.
             cache = engine_cache_dir(bundle.base.root if bundle.base is not None else bundle.root) / "ort-trt"

@@ -17,7 +17,7 @@ def test_outputs_in_order_with_types_and_shapes() -> None:
         "score": ["batch"],
         "task": ["batch"],
     }
-    assert graph_io.RESERVED_NAMES == {"frames", "anomaly_map", "score", "task"}
+    assert {"frames", "anomaly_map", "score", "task"} == graph_io.RESERVED_NAMES
 
 
 def test_no_product_module_spells_a_graph_tensor_name_itself() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.manifest import sha256_file
 from edge import trt_build
 from edge.trt_build import RuntimeInfo, engine_matches, plan_filename, select_engine
 
@@ -80,7 +81,7 @@ def _cached_plan(cache: Path, graph: str, runtime: RuntimeInfo = ORIN, **entry) 
     sidecar = {**_entry(**entry), **runtime.as_dict(), "file": plan.name, "graph_sha256": graph}
     sidecar.setdefault("refittable", True)
     sidecar.setdefault("structure_sha256", "S")
-    sidecar["plan_sha256"] = trt_build._sha256_file(plan)
+    sidecar["plan_sha256"] = sha256_file(plan)
     trt_build.write_sidecar(plan, sidecar)
     return plan
 
