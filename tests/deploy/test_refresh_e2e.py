@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from refresh_testkit import MOSQUITTO
+
+from deploy.localbroker import MOSQUITTO
 
 pytestmark = pytest.mark.slow
 
