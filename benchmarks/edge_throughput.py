@@ -32,7 +32,6 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from deploy.localbroker import LocalBroker  # noqa: E402 - after the sys.path line above
 
 STAGES = ("capture", "queue", "preprocess", "infer", "postprocess", "publish", "end_to_end")
 
@@ -85,37 +86,6 @@ def make_video(path: Path, frames: int, frame_wh: tuple[int, int], fps: float) -
         import edge_testkit
 
         return [t.defective for t in edge_testkit.write_video(path, frames, 5, frame_wh, fps)]
-
-
-class Broker:
-    """A throwaway mosquitto on a free loopback port."""
-
-    def __init__(self, work: Path) -> None:
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        conf = work / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
-        self.proc = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 # ----------------------------------------------------------------------------- modes (child processes)
@@ -315,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mqtt:
             url = args.mqtt
         else:
-            broker = Broker(work)
+            broker = LocalBroker(work / "mosquitto").start()
             url = broker.url
         from edge.bundle import open_bundle
 

@@ -24,60 +24,62 @@ whose data inputs and golden samples are the refresh's. Golden samples of a refr
 were computed by the torch model of the new run and checked against the base graph at
 export time, and the edge checks them again on its backend before going live.
 
+The manifest's schema, file names and checks 2-5 are the export/edge contract and live in
+`contract/manifest.py` (tar handling in `contract/bundle_tar.py`); this module adds the signature,
+the arrays, the base of a refresh and `check_golden`, which needs a backend.
+
 No pickles anywhere: every array is read with `np.load(..., allow_pickle=False)`.
 This module never imports torch or onnx.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.bundle_tar import extract_tar
+from contract.errors import BundleError
 from contract.geometry import Geometry
+from contract.manifest import (
+    GOLDEN_DIR,
+    MANIFEST_NAME,
+    MODEL_NAME,
+    SCHEMA_VERSION,
+    SIGNATURE_NAME,
+    check_files,
+    check_keys,
+    check_schema,
+    check_unlisted,
+    load_npy,
+    read_manifest,
+    sha256_file,
+)
+from contract.store import bundles_in
 from edge import signing
 
-SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.sig"
-MODEL_NAME = "model.onnx"
-GOLDEN_DIR = "golden"
-GUARDED_SUFFIXES = (".npy", ".onnx", ".plan")
-REQUIRED_KEYS = (
-    "schema_version",
-    "model",
-    "created",
-    "method",
-    "tasks",
-    "input",
-    "outputs",
-    "data_inputs",
-    "threshold",
-    "files",
-    "golden",
-    "engines",
-)
-OUTPUT_NAMES = ("anomaly_map", "score", "task")
-_CHUNK = 1 << 20
-
-
-class BundleError(Exception):
-    """A bundle failed a check. `check` names it; the message says what and where."""
-
-    def __init__(self, check: str, message: str, path: Path | str | None = None) -> None:
-        self.check = check
-        self.path = str(path) if path is not None else None
-        where = f"bundle {path}: " if path is not None else ""
-        super().__init__(f"{where}{check} check failed: {message}")
+# Re-exported: the exporter, the CLI and the tests import these names from here.
+__all__ = [
+    "GOLDEN_DIR",
+    "MANIFEST_NAME",
+    "MODEL_NAME",
+    "SCHEMA_VERSION",
+    "SIGNATURE_NAME",
+    "Bundle",
+    "BundleError",
+    "GoldenReport",
+    "GoldenSet",
+    "check_golden",
+    "open_bundle",
+    "read_manifest",
+    "sha256_file",
+]
 
 
 @dataclass
@@ -161,7 +163,7 @@ class Bundle:
 
     @property
     def geometry(self) -> dict[str, Any]:
-        """How frames become model inputs (manifest `geometry`, see edge/geometry.py).
+        """How frames become model inputs (manifest `geometry`, see contract/geometry.py).
 
         A bundle without the key was exported before geometries existed: it resizes.
         """
@@ -206,221 +208,7 @@ class Bundle:
         return [{**e, "path": str(root / e["file"])} for e in self.manifest.get("engines", [])]
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path) -> str:
-    """Streamed sha256 (bundles carry arrays of hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _safe_relpath(rel: str) -> bool:
-    """A manifest path must stay inside the bundle: relative, POSIX, no '..'."""
-    if not rel or "\\" in rel or "\x00" in rel:
-        return False
-    p = PurePosixPath(rel)
-    return not p.is_absolute() and ".." not in p.parts and p.parts[0] not in ("", ".")
-
-
-def _load_npy(path: Path, check: str, bundle_path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        # numpy raises ValueError for object arrays when pickles are refused.
-        raise BundleError(check, f"{path.name}: refused (pickled or malformed .npy): {e}", bundle_path) from e
-    except OSError as e:
-        raise BundleError(check, f"{path.name}: unreadable: {e}", bundle_path) from e
-
-
-def _manifest_from_dir(root: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((root / MANIFEST_NAME).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _manifest_from_tar(path: Path) -> dict[str, Any] | None:
-    try:
-        with tarfile.open(path, "r:*") as tf:
-            for member in tf.getmembers():
-                if member.isfile() and PurePosixPath(member.name).name == MANIFEST_NAME:
-                    parts = PurePosixPath(member.name).parts
-                    if len(parts) <= 2:
-                        f = tf.extractfile(member)
-                        if f is None:
-                            return None
-                        data = json.loads(f.read())
-                        return data if isinstance(data, dict) else None
-    except (OSError, tarfile.TarError, ValueError):
-        return None
-    return None
-
-
-def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The manifest of a bundle directory or .tar without verifying anything (None if unreadable).
-
-    Used to scan a registry folder for versions and bases; never to trust a bundle.
-    """
-    p = Path(path)
-    if p.is_dir():
-        return _manifest_from_dir(p)
-    if p.is_file() and tarfile.is_tarfile(p):
-        return _manifest_from_tar(p)
-    return None
-
-
-# --------------------------------------------------------------------------- tar
-
-
-def _check_member(member: tarfile.TarInfo, tar_path: Path) -> None:
-    name = member.name
-    if member.issym() or member.islnk():
-        raise BundleError("tar", f"member {name!r} is a link; refused", tar_path)
-    if not (member.isfile() or member.isdir()):
-        raise BundleError("tar", f"member {name!r} is not a regular file or directory; refused", tar_path)
-    stripped = name[2:] if name.startswith("./") else name
-    if stripped in ("", "."):
-        return
-    if not _safe_relpath(stripped.rstrip("/")):
-        raise BundleError("tar", f"member {name!r} escapes the bundle (path traversal); refused", tar_path)
-
-
-def _extract_tar(tar_path: Path) -> Path:
-    """Extract a bundle .tar into a cache directory beside it; return the bundle root.
-
-    The cache is keyed by the tar's sha256, filled through a temp dir and a rename, so
-    a half-extracted bundle is never seen and a re-opened tar reuses its extraction
-    (its hashes are verified again all the same).
-    """
-    digest = sha256_file(tar_path)[:16]
-    cache_parent = tar_path.parent / f".{tar_path.name}.extracted"
-    dest = cache_parent / digest
-    if not dest.is_dir():
-        cache_parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{digest}.tmp-", dir=cache_parent))
-        try:
-            with tarfile.open(tar_path, "r:*") as tf:
-                members = tf.getmembers()
-                for m in members:
-                    _check_member(m, tar_path)
-                try:
-                    tf.extractall(tmp, members=members, filter="data")
-                except TypeError:  # Python < 3.10.12 has no filters; members were checked above
-                    tf.extractall(tmp, members=members)
-            try:
-                os.replace(tmp, dest)
-            except OSError:
-                if not dest.is_dir():  # a concurrent opener may have won the race
-                    raise
-        except tarfile.TarError as e:
-            raise BundleError("tar", f"cannot extract: {e}", tar_path) from e
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    if (dest / MANIFEST_NAME).is_file():
-        return dest
-    subdirs = [d for d in dest.iterdir() if d.is_dir()]
-    if len(subdirs) == 1 and (subdirs[0] / MANIFEST_NAME).is_file():
-        return subdirs[0]
-    raise BundleError("manifest", f"{MANIFEST_NAME} not found at the top of the tar", tar_path)
-
-
 # --------------------------------------------------------------------------- checks
-
-
-def _check_schema(manifest: dict[str, Any], path: Path) -> None:
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise BundleError("schema", f"schema_version must be an integer, got {version!r}", path)
-    if version > SCHEMA_VERSION:
-        raise BundleError(
-            "schema",
-            f"bundle schema_version {version} is newer than this edge supports ({SCHEMA_VERSION}): "
-            "upgrade the edge software (pip install -U linewatch) before deploying this bundle",
-            path,
-        )
-    if version < 1:
-        raise BundleError("schema", f"unknown schema_version {version}", path)
-
-
-def _check_keys(manifest: dict[str, Any], path: Path) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError("keys", f"manifest lacks required keys {missing}", path)
-    model = manifest["model"]
-    if not isinstance(model, dict) or "name" not in model or not isinstance(model.get("version"), int):
-        raise BundleError("keys", "model must be {name, version (int)}", path)
-    inp = manifest["input"]
-    need = ("height", "width", "channels", "dtype", "layout", "max_batch")
-    if not isinstance(inp, dict) or any(k not in inp for k in need):
-        raise BundleError("keys", f"input must carry {list(need)}", path)
-    if inp["dtype"] != "uint8" or inp["layout"] != "NHWC" or int(inp["channels"]) != 3:
-        raise BundleError("keys", f"input contract must be uint8 NHWC with 3 channels, got {inp}", path)
-    if not isinstance(manifest["files"], dict):
-        raise BundleError("keys", "files must map relative paths to sha256", path)
-    if not isinstance(manifest["data_inputs"], list):
-        raise BundleError("keys", "data_inputs must be a list", path)
-    golden = manifest["golden"]
-    gneed = ("inputs", "scores", "maps", "tasks", "atol_score", "atol_map")
-    if not isinstance(golden, dict) or any(k not in golden for k in gneed):
-        raise BundleError("keys", f"golden must carry {list(gneed)}", path)
-    if not manifest.get("bank_only") and MODEL_NAME not in manifest["files"]:
-        raise BundleError("keys", f"a full bundle must list {MODEL_NAME} in files", path)
-    _check_geometry(manifest, path)
-
-
-def _check_geometry(manifest: dict[str, Any], path: Path) -> None:
-    """Optional `geometry`: a known mode, tiles of the input size, a batch that holds a frame's tiles."""
-    doc = manifest.get("geometry")
-    if doc is None:
-        return
-    hw = (int(manifest["input"]["height"]), int(manifest["input"]["width"]))
-    try:
-        if not isinstance(doc, dict):
-            raise ValueError("must be an object")
-        geometry = Geometry.from_dict(doc, hw)
-        tiles = geometry.tiles_per_frame()
-    except (TypeError, ValueError) as e:
-        raise BundleError("keys", f"geometry {doc!r}: {e}", path) from e
-    if geometry.tile_hw != hw:
-        raise BundleError("keys", f"geometry tile {geometry.tile_hw} is not the input size {hw}", path)
-    if tiles is not None and tiles > int(manifest["input"]["max_batch"]):
-        raise BundleError(
-            "keys", f"a frame has {tiles} tiles but input.max_batch is {manifest['input']['max_batch']}", path
-        )
-
-
-def _check_files(manifest: dict[str, Any], root: Path, path: Path) -> None:
-    files: dict[str, Any] = manifest["files"]
-    for rel, digest in files.items():
-        if rel in (MANIFEST_NAME, SIGNATURE_NAME):
-            raise BundleError("files", f"{rel} must not list itself", path)
-        if not _safe_relpath(rel) or not isinstance(digest, str):
-            raise BundleError("files", f"bad entry {rel!r}: {digest!r}", path)
-        fp = root / rel
-        if fp.is_symlink():
-            raise BundleError("files", f"{rel} is a symlink; refused", path)
-        if not fp.is_file():
-            raise BundleError("files", f"{rel} is listed but missing", path)
-        actual = sha256_file(fp)
-        if actual != digest.lower():
-            raise BundleError("files", f"{rel}: sha256 {actual} does not match the manifest ({digest})", path)
-
-
-def _check_unlisted(manifest: dict[str, Any], root: Path, path: Path) -> None:
-    listed = set(manifest["files"])
-    extra = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.suffix.lower() in GUARDED_SUFFIXES and p.relative_to(root).as_posix() not in listed
-    )
-    if extra:
-        raise BundleError("unlisted", f"files not in the manifest: {extra}", path)
 
 
 def _check_signature(
@@ -452,7 +240,7 @@ def _load_data_inputs(manifest: dict[str, Any], root: Path, path: Path) -> dict[
             raise BundleError("data_inputs", f"entry {entry!r} lacks name/file/shape/dtype", path) from e
         if rel not in manifest["files"]:
             raise BundleError("data_inputs", f"{name}: file {rel} is not hashed in files", path)
-        arr = _load_npy(root / rel, "data_inputs", path)
+        arr = load_npy(root / rel, "data_inputs", path)
         if list(arr.shape) != [int(s) for s in shape] or str(arr.dtype) != str(dtype):
             raise BundleError(
                 "data_inputs",
@@ -472,7 +260,7 @@ def _load_golden(manifest: dict[str, Any], root: Path, path: Path) -> GoldenSet:
         rel = g[k]
         if rel not in manifest["files"]:
             raise BundleError("golden", f"{k}: file {rel} is not hashed in files", path)
-        arrays[k] = _load_npy(root / rel, "golden", path)
+        arrays[k] = load_npy(root / rel, "golden", path)
     h, w = int(manifest["input"]["height"]), int(manifest["input"]["width"])
     inputs, scores, maps, tasks = arrays["inputs"], arrays["scores"], arrays["maps"], arrays["tasks"]
     n = inputs.shape[0] if inputs.ndim == 4 else -1
@@ -502,15 +290,11 @@ def _find_base(refresh_root: Path, search_dirs: list[Path], manifest: dict[str, 
     name = manifest["model"]["name"]
     candidates: list[Path] = []
     for d in search_dirs:
-        if not d.is_dir():
-            continue
-        for p in sorted(d.iterdir()):
-            if p.resolve() == refresh_root.resolve() or p.name.startswith("."):
+        for p, m in bundles_in(d):
+            if p.resolve() == refresh_root.resolve():
                 continue
-            m = read_manifest(p)
             if (
-                m
-                and m.get("model", {}).get("name") == name
+                m.get("model", {}).get("name") == name
                 and m.get("model", {}).get("version") == info.get("base_version")
                 and not m.get("bank_only")
                 and m.get("files", {}).get(MODEL_NAME) == info.get("graph_sha256")
@@ -593,7 +377,7 @@ def open_bundle(
     if source.is_file():
         if not tarfile.is_tarfile(source):
             raise BundleError("manifest", "not a bundle directory or a .tar", source)
-        root = _extract_tar(source)
+        root = extract_tar(source)
     elif source.is_dir():
         root = source
     else:
@@ -611,10 +395,10 @@ def open_bundle(
     if not isinstance(manifest, dict):
         raise BundleError("manifest", f"{MANIFEST_NAME} must hold a JSON object", source)
 
-    _check_schema(manifest, source)
-    _check_keys(manifest, source)
-    _check_files(manifest, root, source)
-    _check_unlisted(manifest, root, source)
+    check_schema(manifest, source)
+    check_keys(manifest, source)
+    check_files(manifest, root, source)
+    check_unlisted(manifest, root, source)
     verified, key_id = _check_signature(manifest_bytes, root, key_path, require_signature, source)
     data_inputs = _load_data_inputs(manifest, root, source)
     golden = _load_golden(manifest, root, source)

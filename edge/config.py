@@ -12,36 +12,19 @@ copied around) nor from the command line (it shows in ``ps``).
 
 from __future__ import annotations
 
-import contextvars
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from contract.config_loader import LayeredSettings, load_settings
+from contract.errors import ConfigError
 
 ENV_PREFIX = "LINEWATCH_EDGE_"
 BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
-
-_TOML_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("linewatch_edge_toml", default=None)
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names every offending key."""
 
 
 class _Section(BaseModel):
@@ -246,7 +229,7 @@ class WatchdogConfig(_Section):
     stall_s: float = Field(30.0, gt=0)  # stop feeding the watchdog when inference made no progress this long
 
 
-class EdgeConfig(BaseSettings):
+class EdgeConfig(LayeredSettings):
     """Everything the edge runtime can be told. See the module docstring for precedence."""
 
     model_config = SettingsConfigDict(
@@ -269,56 +252,19 @@ class EdgeConfig(BaseSettings):
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        path = _TOML_PATH.get()
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
 
-
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"])
-        env = ENV_PREFIX + "__".join(str(p) for p in item["loc"]).upper()
-        lines.append(f"  {key} (env {env}): {item['msg']}")
-    return "invalid edge configuration:\n" + "\n".join(lines)
-
-
-def _check_file(path: Path) -> None:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} does not exist") from exc
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    if isinstance(data.get("mqtt"), dict) and "password" in data["mqtt"]:
+def _refuse_password(values: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file may not hold the MQTT password (see the module docstring)."""
+    if isinstance(values.get("mqtt"), dict) and "password" in values["mqtt"]:
         raise ConfigError(
             f"mqtt.password: not allowed in the config file {path}; set {ENV_PREFIX}MQTT__PASSWORD "
             "or mqtt.password_file"
         )
+    return values
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
-    """Build and validate the config; raise ConfigError naming every bad key."""
-    toml_path = Path(path) if path is not None else None
-    if toml_path is not None:
-        _check_file(toml_path)
-    token = _TOML_PATH.set(toml_path)
-    try:
-        return EdgeConfig(**(overrides or {}))
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from err
-    finally:
-        _TOML_PATH.reset(token)
+    """Build and validate the config (contract/config_loader.py); raise ConfigError naming every bad key."""
+    return load_settings(
+        EdgeConfig, component="edge", path=path, overrides=overrides, prepare=_refuse_password
+    )

@@ -7,36 +7,26 @@ inference thread picks the model up at its next batch, so the swap happens betwe
 no frame goes without a result. On any failure the old model keeps serving, the failure is counted,
 logged and handed to ``on_failure`` (which publishes it on ``status``).
 
-Bundle store layout (written by the refresh job): ``<store>/<name>-v<version>/`` plus a ``current``
-symlink replaced atomically. In store mode the target of ``current`` is polled.
+Bundle store layout (``contract/store.py``, written by the refresh job): ``<store>/<name>-v<version>/``
+plus a ``current`` symlink replaced atomically. In store mode the target of ``current`` is polled.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.store import CURRENT, is_hidden, is_store, store_target
 from edge.backends import Backend, select_backend
 from edge.bundle import Bundle, BundleError, GoldenReport, open_bundle
 from edge.config import EdgeConfig
 
 log = logging.getLogger(__name__)
 
-CURRENT = "current"
-
-
-def is_store(path: Path) -> bool:
-    """A store is a folder with a ``current`` entry (symlink to the live bundle)."""
-    return path.is_dir() and (os.path.lexists(path / CURRENT))
-
-
-def store_target(store: Path) -> Path:
-    """The bundle ``current`` points at, resolved (raises OSError when dangling)."""
-    return (store / CURRENT).resolve(strict=True)
+__all__ = ["CURRENT", "LoadedModel", "ModelManager", "is_store", "store_target"]
 
 
 @dataclass
@@ -142,7 +132,7 @@ class ModelManager:
         with self._load_lock:
             try:
                 target = Path(path) if path is not None else self.target()
-                if self.store is not None and path is None and target.name.startswith("."):
+                if self.store is not None and path is None and is_hidden(target.name):
                     raise BundleError(
                         "manifest", "store's current points at a hidden (incomplete) entry", target
                     )
@@ -189,7 +179,7 @@ class ModelManager:
             except OSError:
                 continue  # mid-replacement or dangling: look again next tick
             live = self._current.target if self._current is not None else None
-            if target == live or target == self._failed_target or target.name.startswith("."):
+            if target == live or target == self._failed_target or is_hidden(target.name):
                 continue
             log.info("store current changed", extra={"target": str(target)})
             try:

@@ -112,14 +112,3 @@ class BoundedQueue(Generic[T]):
             self._cond.notify_all()
         if self._signal is not None:
             self._signal.set()
-
-    def wait_empty(self, timeout: float) -> bool:
-        """Wait until drained (graceful shutdown)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._items:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.2))
-        return True

@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,12 @@ def sign_bytes(data: bytes, key: KeyMaterial | str | os.PathLike[str]) -> dict[s
     return {"alg": k.alg, "key_id": k.key_id, "signature": base64.b64encode(sig).decode("ascii")}
 
 
+def signer(key: KeyMaterial | str | os.PathLike[str]) -> Callable[[bytes], bytes]:
+    """`manifest.json` bytes -> `manifest.sig` bytes under `key` (contract.manifest.write_manifest's `sign`)."""
+    k = key if isinstance(key, KeyMaterial) else load_key(key)
+    return lambda data: encode_signature(sign_bytes(data, k))
+
+
 def encode_signature(doc: dict[str, str]) -> bytes:
     """Serialise a signature document the way `manifest.sig` stores it."""
     return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
@@ -234,10 +241,3 @@ def verify_bytes(data: bytes, sig_doc: dict[str, str], key: KeyMaterial | str | 
         raise SignatureError("signature field is not valid base64") from e
     if not k.verify(data, raw):
         raise SignatureError("signature does not verify: manifest.json was changed after signing")
-
-
-def sign_file(path: str | os.PathLike[str], key: KeyMaterial | str | os.PathLike[str], out: Path) -> dict:
-    """Sign the exact bytes of `path` and write the signature document to `out`."""
-    doc = sign_bytes(Path(path).read_bytes(), key)
-    out.write_bytes(encode_signature(doc))
-    return doc

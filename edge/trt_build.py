@@ -26,31 +26,64 @@ the cached plan and refits the new weights into it (seconds) instead of rebuildi
 
 Every plan gets a JSON sidecar (`<plan>.json`) with its manifest entry: TensorRT
 version, GPU name, compute capability, precision, batch range and the sha256 of the
-graph it was built from.
+graph it was built from. Naming, matching and finding plans need no TensorRT and live in
+`edge/trt_plans.py`; the cache folders are part of the store layout (`contract/store.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.graph_io import FRAMES
+from contract.manifest import sha256_file
+from contract.store import engine_cache_dir
+from edge.trt_plans import (
+    PRECISIONS,
+    RuntimeInfo,
+    atomic_write,
+    cached_engine,
+    engine_matches,
+    find_refit_source,
+    plan_filename,
+    read_sidecar,
+    select_engine,
+    sidecar_path,
+    timing_cache_name,
+    write_sidecar,
+)
+
+# Re-exported: plan naming, matching and the cache lived here before edge/trt_plans.py.
+__all__ = [
+    "PRECISIONS",
+    "EngineBuildError",
+    "RuntimeInfo",
+    "build_engine",
+    "cached_engine",
+    "engine_cache_dir",
+    "engine_matches",
+    "ensure_engine",
+    "find_refit_source",
+    "gpu_info",
+    "plan_filename",
+    "read_sidecar",
+    "refit_engine",
+    "runtime_info",
+    "select_engine",
+    "sidecar_path",
+    "tensorrt_available",
+    "write_sidecar",
+]
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
-FRAMES_INPUT = "frames"
 DEFAULT_WORKSPACE_BYTES = 1 << 30
 INSTALL_HINT = (
     "TensorRT not installed: engine build needs an NVIDIA GPU with TensorRT "
@@ -60,18 +93,6 @@ INSTALL_HINT = (
 
 class EngineBuildError(RuntimeError):
     """TensorRT is missing, the GPU is missing, or the build failed (message says which)."""
-
-
-@dataclass(frozen=True)
-class RuntimeInfo:
-    """What a plan is tied to: the exact TensorRT version and the GPU."""
-
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str  # "8.7" for Jetson Orin, "9.0" for H100
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def _import_trt() -> Any:
@@ -169,84 +190,6 @@ def runtime_info() -> RuntimeInfo:
     return RuntimeInfo(str(trt.__version__), gpu[0], gpu[1])
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
-
-
-def plan_filename(precision: str, gpu: str | RuntimeInfo, trt_version: str | None = None) -> str:
-    """`engine.<precision>.<gpu-slug>.trt<version>.plan`: unique per precision, GPU and TensorRT."""
-    if isinstance(gpu, RuntimeInfo):
-        trt_version = trt_version or gpu.tensorrt_version
-        gpu = gpu.gpu_name
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if not trt_version:
-        raise ValueError("trt_version is required")
-    return f"engine.{precision}.{_slug(gpu)}.trt{_slug(trt_version).replace('-', '.')}.plan"
-
-
-def _info_fields(info: RuntimeInfo | Mapping[str, Any]) -> tuple[str, str, str]:
-    if isinstance(info, RuntimeInfo):
-        return info.tensorrt_version, info.gpu_name, info.compute_capability
-    return str(info["tensorrt_version"]), str(info["gpu_name"]), str(info["compute_capability"])
-
-
-def engine_matches(entry: Mapping[str, Any], runtime: RuntimeInfo | Mapping[str, Any]) -> bool:
-    """True when a plan built as `entry` can run here: same TensorRT version, GPU and SM.
-
-    Plans are not portable across TensorRT versions (even patch releases) or GPU
-    models, so all three must agree; the GPU name is compared case- and
-    punctuation-insensitively because drivers spell it slightly differently.
-    """
-    try:
-        trt_v, gpu, cc = _info_fields(runtime)
-        return (
-            str(entry["tensorrt_version"]) == trt_v
-            and str(entry["compute_capability"]) == cc
-            and _slug(str(entry["gpu_name"])) == _slug(gpu)
-        )
-    except (KeyError, TypeError):
-        return False
-
-
-def select_engine(
-    entries: Iterable[Mapping[str, Any]],
-    runtime: RuntimeInfo | Mapping[str, Any],
-    precision: str | None = None,
-    min_batch: int = 1,
-) -> dict[str, Any] | None:
-    """The best engine entry for this machine: matching, big enough, preferred precision first."""
-    ok = [dict(e) for e in entries if engine_matches(e, runtime) and int(e.get("max_batch", 0)) >= min_batch]
-    if precision:
-        preferred = [e for e in ok if e.get("precision") == precision]
-        if preferred:
-            return preferred[0]
-        return None
-    order = {"fp16": 0, "fp32": 1}
-    ok.sort(key=lambda e: order.get(str(e.get("precision")), 9))
-    return ok[0] if ok else None
-
-
-def _atomic_write(path: Path, data: bytes | memoryview) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_engine(
     onnx_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -259,7 +202,7 @@ def build_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     refittable: bool = False,
     structure_sha256: str | None = None,
-    frames_input: str = FRAMES_INPUT,
+    frames_input: str = FRAMES,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Parse `onnx_path`, build a serialized plan at `out_path`, write its sidecar; return the entry.
@@ -330,9 +273,9 @@ def build_engine(
         raise EngineBuildError(
             f"TensorRT failed to build a {precision} engine for {onnx_path.name}; see its log"
         )
-    _atomic_write(out_path, memoryview(plan))
+    atomic_write(out_path, memoryview(plan))
     if cache_path is not None:
-        _atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()))
+        atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()))
 
     entry: dict[str, Any] = {
         "file": out_path.name,
@@ -346,96 +289,12 @@ def build_engine(
         "structure_sha256": structure_sha256,
         "workspace_bytes": int(workspace_bytes),
         "build_seconds": round(seconds, 3),
-        "graph_sha256": _sha256_file(onnx_path),
-        "plan_sha256": _sha256_file(out_path),
+        "graph_sha256": sha256_file(onnx_path),
+        "plan_sha256": sha256_file(out_path),
         "inputs": inputs,
     }
     write_sidecar(out_path, entry)
     return entry
-
-
-def sidecar_path(plan_path: str | os.PathLike[str]) -> Path:
-    return Path(str(plan_path) + ".json")
-
-
-def write_sidecar(plan_path: str | os.PathLike[str], entry: Mapping[str, Any]) -> Path:
-    p = sidecar_path(plan_path)
-    _atomic_write(p, (json.dumps(dict(entry), indent=2, sort_keys=True) + "\n").encode())
-    return p
-
-
-def read_sidecar(plan_path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        data = json.loads(sidecar_path(plan_path).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def engine_cache_dir(bundle_root: str | os.PathLike[str], model_name: str | None = None) -> Path:
-    """Where a box caches engines it built for a bundle: beside it, never inside it.
-
-    With `model_name`, one folder serves every version of that model in the same store,
-    so the engine of version N is found when version N+1 arrives with the same graph
-    (bank-only refresh) or the same structure (refit). Plans inside are keyed by graph hash.
-    """
-    root = Path(bundle_root)
-    return root.parent / f".{model_name or root.name}.engines"
-
-
-def cached_engine(
-    cache_dir: str | os.PathLike[str],
-    graph_sha256: str,
-    runtime: RuntimeInfo,
-    precision: str,
-    min_batch: int = 1,
-) -> dict[str, Any] | None:
-    """A previously built engine for this graph and machine, verified against its sidecar hash."""
-    plan = Path(cache_dir) / graph_sha256[:16] / plan_filename(precision, runtime)
-    entry = read_sidecar(plan)
-    if (
-        entry is None
-        or not plan.is_file()
-        or entry.get("graph_sha256") != graph_sha256
-        or not engine_matches(entry, runtime)
-        or int(entry.get("max_batch", 0)) < min_batch
-        or entry.get("plan_sha256") != _sha256_file(plan)
-    ):
-        return None
-    return {**entry, "path": str(plan)}
-
-
-def find_refit_source(
-    cache_dir: str | os.PathLike[str],
-    structure_sha256: str,
-    runtime: RuntimeInfo,
-    precision: str,
-    min_batch: int = 1,
-) -> dict[str, Any] | None:
-    """The newest cached refittable plan with this graph structure, built for this machine.
-
-    Any graph hash will do: refit replaces every weight. The plan's own hash is checked
-    against its sidecar, so a truncated or edited plan is never the starting point.
-    """
-    candidates = []
-    for sidecar in Path(cache_dir).glob(f"*/{plan_filename(precision, runtime)}.json"):
-        plan = sidecar.with_suffix("")
-        entry = read_sidecar(plan)
-        if (
-            entry is None
-            or not plan.is_file()
-            or not entry.get("refittable")
-            or entry.get("structure_sha256") != structure_sha256
-            or entry.get("precision") != precision
-            or not engine_matches(entry, runtime)
-            or int(entry.get("max_batch", 0)) < min_batch
-        ):
-            continue
-        candidates.append((plan.stat().st_mtime, plan, entry))
-    for _mtime, plan, entry in sorted(candidates, key=lambda c: c[0], reverse=True):
-        if entry.get("plan_sha256") == _sha256_file(plan):
-            return {**entry, "path": str(plan)}
-    return None
 
 
 def _refit_from_onnx(trt: Any, refitter: Any, logger: Any, onnx_path: Path) -> list[Any]:
@@ -502,7 +361,7 @@ def refit_engine(
     if not refitter.refit_cuda_engine():
         raise EngineBuildError(f"TensorRT refit of {source_plan.name} failed; see its log")
     del keep
-    _atomic_write(out_path, memoryview(engine.serialize()))
+    atomic_write(out_path, memoryview(engine.serialize()))
     seconds = time.perf_counter() - t0
     entry = {
         **{k: v for k, v in source.items() if k not in ("file", "path", "build_seconds")},
@@ -512,8 +371,8 @@ def refit_engine(
         "compute_capability": info.compute_capability,
         "refittable": True,
         "structure_sha256": structure_sha256,
-        "graph_sha256": _sha256_file(onnx_path),
-        "plan_sha256": _sha256_file(out_path),
+        "graph_sha256": sha256_file(onnx_path),
+        "plan_sha256": sha256_file(out_path),
         "refit_seconds": round(seconds, 3),
         "refitted_from": {
             "graph_sha256": source.get("graph_sha256"),
@@ -573,6 +432,6 @@ def ensure_engine(
         workspace_bytes=workspace_bytes,
         refittable=refittable,
         structure_sha256=structure,
-        timing_cache=cdir / f"timing.{_slug(info.gpu_name)}.trt{info.tensorrt_version}.cache",
+        timing_cache=cdir / timing_cache_name(info),
     )
     return {**entry, "path": str(plan), "origin": "built"}

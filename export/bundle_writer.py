@@ -8,8 +8,10 @@ Why this shape (see DESIGN.md "The model bundle" and `edge/bundle.py`):
 - Proven before written: golden frames are scored by the torch module and by the
   ONNX graph in onnxruntime; the bundle is refused if they disagree beyond tolerance.
 - Versions only increase: the version is one more than the highest found for the same
-  model name in the target's folder (the registry), the bundle being replaced, and
-  the base of a refresh. An explicit version must also be higher.
+  model name in the target's folder, in the bundle store (`contract/store.py`), in the
+  bundle being replaced, and in the base of a refresh. An explicit version must also be higher.
+- One manifest writer: arrays, golden samples, the manifest's fixed parts and its hashes
+  are written by `contract/manifest.py`, which the edge's reader checks against.
 
 Bank-only refresh (`bank_only=True`): the bundle holds only the data arrays, golden
 samples and the manifest, with `bank_only = {base_version, graph_sha256}`. It applies
@@ -23,39 +25,37 @@ like a full re-export of the same run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.bundle_tar import write_tar
+from contract.errors import BundleError
 from contract.geometry import Geometry
-from edge import signing
-from edge.bundle import (
-    GOLDEN_DIR,
-    MANIFEST_NAME,
+from contract.manifest import (
     MODEL_NAME,
-    SCHEMA_VERSION,
-    SIGNATURE_NAME,
-    Bundle,
-    BundleError,
-    open_bundle,
+    new_manifest,
     read_manifest,
     sha256_file,
+    write_data_inputs,
+    write_golden,
+    write_manifest,
 )
+from contract.store import bundles_in, versions_of
+from edge import signing
+from edge.bundle import Bundle, open_bundle
 from export.checks import CheckLimits, StaticReport, run_static_checks
 from export.graph_structure import structure_sha256
-from export.onnx_export import BATCH_DIM, OUTPUT_NAMES, ExportError, OnnxExport, export_onnx
+from export.onnx_export import ExportError, OnnxExport, export_onnx
 from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
 from trainer.methods.base import ScoringGraph
 
@@ -79,7 +79,7 @@ class BundleInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     golden_source: str = "caller"
-    # How frames become model inputs (edge/geometry.py): None = resize, the original behaviour.
+    # How frames become model inputs (contract/geometry.py): None = resize, the original behaviour.
     geometry: dict[str, Any] | None = None
 
 
@@ -104,32 +104,17 @@ class WrittenBundle:
 # --------------------------------------------------------------------------- versions
 
 
-def existing_versions(registry: Path, name: str) -> list[int]:
-    """Versions of model `name` among the bundles (dirs or .tar) in `registry`."""
-    found: list[int] = []
-    if not registry.is_dir():
-        return found
-    for p in registry.iterdir():
-        if p.name.startswith("."):
-            continue
-        m = read_manifest(p)
-        model = (m or {}).get("model") or {}
-        if model.get("name") == name and isinstance(model.get("version"), int):
-            found.append(int(model["version"]))
-    return found
-
-
 def resolve_version(
     out: Path,
     name: str,
     explicit: int | None = None,
     base_version: int | None = None,
-    registry: Path | None = None,
+    store: Path | None = None,
 ) -> int:
-    """The next version: above every known version of `name` beside `out`, in the registry, in `out`, and the base."""
-    known = existing_versions(out.parent, name)
-    if registry is not None:
-        known += existing_versions(registry, name)
+    """The next version: above every known version of `name` beside `out`, in the store, in `out`, and the base."""
+    known = versions_of(out.parent, name)
+    if store is not None:
+        known += versions_of(store, name)
     current = read_manifest(out) if out.exists() else None
     if current and isinstance((current.get("model") or {}).get("version"), int):
         known.append(int(current["model"]["version"]))
@@ -170,22 +155,8 @@ def _git_commit() -> dict[str, Any] | None:
     return {"commit": commit, "dirty": bool(dirty)}
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-
-
 def _dir_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
-def _hash_files(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).as_posix() not in (MANIFEST_NAME, SIGNATURE_NAME)
-    }
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -203,28 +174,6 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def write_tar(bundle_dir: Path, tar_path: Path, mtime: float | None = None) -> Path:
-    """A reproducible .tar of a bundle directory (files at the tar root), written atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{tar_path.name}.", dir=tar_path.parent)
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
-            for p in sorted(bundle_dir.rglob("*")):
-                if not p.is_file():
-                    continue
-                info = tarfile.TarInfo(p.relative_to(bundle_dir).as_posix())
-                info.size = p.stat().st_size
-                info.mode = 0o644
-                info.mtime = int(mtime if mtime is not None else time.time())
-                with open(p, "rb") as f:
-                    tf.addfile(info, f)
-        os.replace(tmp, tar_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return tar_path
-
-
 def _check_golden_inputs(frames: np.ndarray, input_hw: tuple[int, int]) -> np.ndarray:
     frames = np.asarray(frames)
     h, w = input_hw
@@ -240,23 +189,21 @@ def _data_signature(arrays: dict[str, np.ndarray]) -> list[tuple[str, list[int],
 
 
 def _resolve_base(
-    out: Path, base: Bundle | Path | str | None, key: Path | None, name: str, registry: Path | None
+    out: Path, base: Bundle | Path | str | None, key: Path | None, name: str, store: Path | None
 ) -> Bundle:
-    """The full bundle a refresh applies to: given, or the newest full bundle of `name` in the registry / beside `out`."""
+    """The full bundle a refresh applies to: given, or the newest full bundle of `name` in the store / beside `out`."""
     if isinstance(base, Bundle):
         return base
     if base is None:
         candidates = []
-        for folder in {out.parent, *([registry] if registry else [])}:
-            for p in folder.iterdir() if folder.is_dir() else []:
-                if p.name.startswith(".") or p.is_symlink() or p.resolve() == out.resolve():
-                    continue
-                m = read_manifest(p)
-                if m and (m.get("model") or {}).get("name") == name and not m.get("bank_only"):
+        for folder in {out.parent, *([store] if store else [])}:
+            for p, m in bundles_in(folder):
+                full = (m.get("model") or {}).get("name") == name and not m.get("bank_only")
+                if full and p.resolve() != out.resolve():
                     candidates.append((int(m["model"]["version"]), p.is_dir(), str(p)))
         if not candidates:
             raise ExportError(
-                f"bank-only refresh needs a base bundle of {name!r}: none beside {out} or in the registry; pass --base"
+                f"bank-only refresh needs a base bundle of {name!r}: none beside {out} or in the store; pass --base"
             )
         base = max(candidates)[2]
     try:
@@ -298,12 +245,16 @@ def write_bundle(
     opset: int = 17,
     exporter: str = "auto",
     limits: CheckLimits | None = None,
-    registry: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None,
 ) -> WrittenBundle:
-    """Export, check, prove and write a bundle at `out` (a directory); return what was written."""
+    """Export, check, prove and write a bundle at `out` (a directory); return what was written.
+
+    `store` is the bundle store the bundle will be published into: versions count from it and a
+    bank-only refresh finds its base there.
+    """
     t0 = time.perf_counter()
     out = Path(out).resolve()
-    reg = Path(registry).resolve() if registry else None
+    store_dir = Path(store).resolve() if store else None
     out.parent.mkdir(parents=True, exist_ok=True)
     if max_batch < 1:
         raise ExportError("max_batch must be >= 1")
@@ -319,7 +270,7 @@ def write_bundle(
 
     base_bundle: Bundle | None = None
     if bank_only:
-        base_bundle = _resolve_base(out, base, key_path, info.name, reg)
+        base_bundle = _resolve_base(out, base, key_path, info.name, store_dir)
         if base_bundle.root.resolve() == out:
             raise ExportError("a bank-only refresh must not overwrite its own base bundle")
         if base_bundle.input_hw != tuple(graph.input_hw):
@@ -343,7 +294,7 @@ def write_bundle(
         ok, reason = trt_build.tensorrt_available()
         if not ok:
             raise ExportError(f"--tensorrt: {reason}")
-    ver = resolve_version(out, info.name, version, base_bundle.version if base_bundle else None, reg)
+    ver = resolve_version(out, info.name, version, base_bundle.version if base_bundle else None, store_dir)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -361,14 +312,9 @@ def write_bundle(
             opset=opset,
             exporter=exporter,
             limits=limits,
-            registry=out.parent,
+            cache_dir=out.parent,
         )
-        manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
-        (tmp / MANIFEST_NAME).write_bytes(manifest_bytes)
-        if key is not None:
-            (tmp / SIGNATURE_NAME).write_bytes(
-                signing.encode_signature(signing.sign_bytes(manifest_bytes, key))
-            )
+        manifest = write_manifest(tmp, manifest, signing.signer(key) if key is not None else None)
         # The edge's own reader is the final judge of what we wrote.
         try:
             open_bundle(tmp, key=key_path, base=base_bundle)
@@ -400,9 +346,9 @@ def _build(
     opset: int,
     exporter: str,
     limits: CheckLimits | None,
-    registry: Path,
+    cache_dir: Path,
 ) -> tuple[dict[str, Any], ParityReport, StaticReport | None, OnnxExport | None]:
-    """Fill `tmp` with every file but the manifest; return the manifest and the proofs."""
+    """Fill `tmp` with every file but the manifest; return the manifest (files not yet hashed) and the proofs."""
     h, w = graph.input_hw
     static: StaticReport | None = None
     onnx_info: OnnxExport | None = None
@@ -429,13 +375,7 @@ def _build(
                 )
         graph_path = base_bundle.onnx_path
 
-    data_entries = []
-    for name, arr in graph.data_inputs.items():
-        rel = f"{name}.npy"
-        _save_npy(tmp / rel, arr)
-        data_entries.append(
-            {"name": name, "file": rel, "shape": [int(s) for s in arr.shape], "dtype": str(arr.dtype)}
-        )
+    data_entries = write_data_inputs(tmp, graph.data_inputs)
 
     # Golden samples: torch is the reference; the ONNX graph (fed these arrays) must agree.
     reference = torch_infer(graph, golden, batch_size=max_batch)
@@ -444,12 +384,9 @@ def _build(
     parity = compare(reference, onnx_out, ATOL_SCORE, ATOL_MAP)
     if not parity.ok:
         raise ExportError(f"ONNX graph disagrees with torch on the golden frames, bundle refused: {parity}")
-    g = {"inputs": f"{GOLDEN_DIR}/inputs.npy", "scores": f"{GOLDEN_DIR}/scores.npy"}
-    g.update({"maps": f"{GOLDEN_DIR}/maps.npy", "tasks": f"{GOLDEN_DIR}/tasks.npy"})
-    _save_npy(tmp / g["inputs"], golden)
-    _save_npy(tmp / g["scores"], reference[1].astype(np.float32))
-    _save_npy(tmp / g["maps"], reference[0].astype(np.float32))
-    _save_npy(tmp / g["tasks"], reference[2].astype(np.int64))
+    golden_entry = write_golden(
+        tmp, golden, reference, atol_score=ATOL_SCORE, atol_map=ATOL_MAP, source=info.golden_source
+    )
 
     # Trained methods retrain their weights on every refresh: their engines are built
     # refittable, and the structure hash tells a box which cached engine can take new weights.
@@ -460,57 +397,39 @@ def _build(
     engines: list[dict[str, Any]] = []
     if tensorrt:
         engines = _build_engines(
-            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, registry, refit
+            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, cache_dir, refit
         )
 
     provenance = dict(info.provenance)
     provenance.setdefault("code", _git_commit())
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "model": {"name": info.name, "version": int(version)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "method": info.method,
-        "strategy": info.strategy,
-        "backbone": info.backbone,
-        "tasks": list(info.tasks),
-        "input": {
-            "height": int(h),
-            "width": int(w),
-            "channels": 3,
-            "color": "RGB",
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "max_batch": int(max_batch),
-        },
-        "outputs": {"anomaly_map": [BATCH_DIM, int(h), int(w)], "score": [BATCH_DIM], "task": [BATCH_DIM]},
-        "output_dtypes": dict(zip(OUTPUT_NAMES, ("float32", "float32", "int64"), strict=True)),
-        "geometry": Geometry.from_dict(info.geometry, (int(h), int(w))).as_dict(),
-        "data_inputs": data_entries,
-        "threshold": 0.5,
-        "calibration": info.calibration,
-        "files": _hash_files(tmp),
-        "provenance": provenance,
-        "metrics": info.metrics,
-        "golden": {
-            **g,
-            "atol_score": ATOL_SCORE,
-            "atol_map": ATOL_MAP,
-            "n": len(golden),
-            "source": info.golden_source,
-        },
-        "engines": engines,
-        "refit": refit,
-        "bank_only": (
+    manifest = new_manifest(
+        name=info.name,
+        version=version,
+        method=info.method,
+        tasks=info.tasks,
+        input_hw=(h, w),
+        max_batch=max_batch,
+        data_inputs=data_entries,
+        golden=golden_entry,
+        geometry=info.geometry,
+        engines=engines,
+        strategy=info.strategy,
+        backbone=info.backbone,
+        calibration=info.calibration,
+        provenance=provenance,
+        metrics=info.metrics,
+        refit=refit,
+        bank_only=(
             {"base_version": base_bundle.version, "graph_sha256": base_bundle.graph_sha256}
             if base_bundle
             else None
         ),
-        "export": {
+        export={
             **(onnx_info.as_manifest() if onnx_info else {}),
             "golden_parity": parity.as_dict(),
             "static_checks": static.as_manifest() if static else None,
         },
-    }
+    )
     return manifest, parity, static, onnx_info
 
 
@@ -522,7 +441,7 @@ def _build_engines(
     max_batch: int,
     precisions: tuple[str, ...],
     workspace_bytes: int,
-    registry: Path,
+    cache_dir: Path,
     refit: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Build one plan per precision, check each on the golden frames, return manifest entries."""
@@ -543,8 +462,7 @@ def _build_engines(
             workspace_bytes=workspace_bytes,
             refittable=refit["refittable"],
             structure_sha256=refit["structure_sha256"],
-            timing_cache=registry
-            / f".timing.{info.gpu_name.replace(' ', '_')}.trt{info.tensorrt_version}.cache",
+            timing_cache=cache_dir / f".{trt_build.timing_cache_name(info)}",
         )
         from export.trt_verify import engine_infer
 

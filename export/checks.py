@@ -31,13 +31,12 @@ from typing import Any
 
 import onnx
 
+from contract.graph_io import BATCH_DIM, FRAMES
 from export.shapes import infer_shapes
 
 TRT_OPS_VERSION = "TensorRT 8.6 ONNX parser (opset <= 17); TensorRT 10.x supports a superset"
 TRT_MAX_OPSET = 17
 TRT_MAX_TENSOR_ELEMENTS = 2**31 - 1
-BATCH_DIM = "batch"
-FRAMES_INPUT = "frames"
 
 _TRT_OPS_TEXT = """
     Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
@@ -244,7 +243,7 @@ def check_static_shapes(model: onnx.ModelProto | str | os.PathLike[str]) -> Chec
             problems.append(f"{vi.name}: dims {dims}")
     for inp in m.graph.input:
         dims = _dims(inp) or []
-        if inp.name != FRAMES_INPUT and BATCH_DIM in dims:
+        if inp.name != FRAMES and BATCH_DIM in dims:
             problems.append(f"data input {inp.name} has a batch dim: it must be static")
     shown = problems[:10] + ([f"... {len(problems) - 10} more"] if len(problems) > 10 else [])
     return CheckResult(

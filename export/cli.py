@@ -1,7 +1,7 @@
 """`linewatch-export`: a trainer run -> a signed, verified model bundle.
 
     linewatch-export --run RUN_DIR --out BUNDLE_DIR [--tensorrt] [--fp16] [--sign-key FILE]
-                     [--bank-only [--base BUNDLE]] [--registry DIR] [--max-batch N]
+                     [--bank-only [--base BUNDLE]] [--store DIR] [--max-batch N]
                      [--version N] [--tar] [--name NAME] [--task TASK]
     linewatch-export keygen --out KEY_DIR [--hmac]
 
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
         "--bank-only", action="store_true", help="refresh bundle: data arrays only, reuses a base graph"
     )
     p.add_argument("--base", type=Path, help="with --bank-only: the full bundle it applies to")
-    p.add_argument("--registry", type=Path, help="folder of published bundles (versions, bank-only base)")
+    p.add_argument(
+        "--store", type=Path, help="bundle store it will be published into (versions, bank-only base)"
+    )
     p.add_argument("--max-batch", type=int, default=8, help="largest batch the graph and engines accept")
     p.add_argument("--version", type=int, help="explicit model version (must exceed every existing one)")
     p.add_argument("--tar", action="store_true", help="also write BUNDLE_DIR.tar")
@@ -123,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             opset=args.opset,
             exporter=args.exporter,
             limits=CheckLimits(max_top_k_bytes=args.max_intermediate_mb * 2**20),
-            registry=args.registry,
+            store=args.store,
         )
     except (ExportError, BundleError, SignatureError, OSError, ValueError) as e:
         print(f"linewatch-export: refused: {e}", file=sys.stderr)

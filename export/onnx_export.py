@@ -32,14 +32,21 @@ import numpy as np
 import onnx
 import torch
 
+from contract.graph_io import (
+    ANOMALY_MAP,
+    BATCH_DIM,
+    FRAMES,
+    OUTPUT_NAMES,
+    RESERVED_NAMES,
+    SCORE,
+    TASK,
+    output_shapes,
+)
 from export.shapes import infer_shapes
 from trainer.methods.base import ScoringGraph
 
 log = logging.getLogger(__name__)
 
-FRAMES_INPUT = "frames"
-OUTPUT_NAMES = ("anomaly_map", "score", "task")
-BATCH_DIM = "batch"
 DEFAULT_OPSET = 17
 _DYNAMO_OPSET = 18
 # Attributes that opset 18 added to ops whose opset-17 schema lacks them, with the value
@@ -100,8 +107,7 @@ def _validate_graph(graph: ScoringGraph) -> None:
     for n in names:
         if not n.replace("_", "").replace("-", "").replace(".", "").isalnum() or n.startswith("."):
             raise ExportError(f"data input name {n!r} must be alphanumeric (it becomes <name>.npy)")
-    reserved = {FRAMES_INPUT, *OUTPUT_NAMES}
-    clash = reserved.intersection(names)
+    clash = RESERVED_NAMES.intersection(names)
     if clash:
         raise ExportError(f"data input names {sorted(clash)} clash with graph input/output names")
     for n, a in graph.data_inputs.items():
@@ -143,7 +149,7 @@ def _export_dynamo(
 def _export_legacy(
     module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, names: list[str], opset: int
 ) -> None:
-    axes = {FRAMES_INPUT: {0: BATCH_DIM}, **{o: {0: BATCH_DIM} for o in OUTPUT_NAMES}}
+    axes = {FRAMES: {0: BATCH_DIM}, **{o: {0: BATCH_DIM} for o in OUTPUT_NAMES}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -202,7 +208,7 @@ def _cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     g = model.graph
     outputs = {o.name for o in g.output}
-    consumers = [n for n in g.node if FRAMES_INPUT in n.input]
+    consumers = [n for n in g.node if FRAMES in n.input]
     if all(n.op_type == "Cast" for n in consumers):
         return model
     if any(n.op_type not in ("Transpose", "Shape", "Cast") for n in consumers):
@@ -221,9 +227,9 @@ def _cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
     dropped = set().union(*swap.values()) if swap else set()
     if dropped & outputs:
         return model
-    cast_out = f"{FRAMES_INPUT}_as_float"
+    cast_out = f"{FRAMES}_as_float"
     new_cast = onnx.helper.make_node(
-        "Cast", [FRAMES_INPUT], [cast_out], to=float_type, name="linewatch/cast_frames"
+        "Cast", [FRAMES], [cast_out], to=float_type, name="linewatch/cast_frames"
     )
     replace = {c: t_out for t_out, cs in swap.items() for c in cs}
     nodes: list[onnx.NodeProto] = [new_cast]
@@ -233,7 +239,7 @@ def _cast_frames_first(model: onnx.ModelProto) -> onnx.ModelProto:
         copy = onnx.NodeProto()
         copy.CopyFrom(n)
         for i, name in enumerate(copy.input):
-            if name == FRAMES_INPUT and copy.op_type in ("Transpose", "Shape"):
+            if name == FRAMES and copy.op_type in ("Transpose", "Shape"):
                 copy.input[i] = cast_out
             elif name in replace:
                 copy.input[i] = replace[name]
@@ -279,7 +285,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     module = graph.module.eval()
     args = _example_inputs(graph, max_batch)
-    names = [FRAMES_INPUT, *graph.data_inputs]
+    names = [FRAMES, *graph.data_inputs]
     notes: list[str] = []
     t0 = time.perf_counter()
     used = exporter
@@ -336,7 +342,7 @@ def _check_contract(model: onnx.ModelProto, graph: ScoringGraph) -> None:
     initializers = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in initializers]
     got = [i.name for i in inputs]
-    want = [FRAMES_INPUT, *graph.data_inputs]
+    want = [FRAMES, *graph.data_inputs]
     if got != want:
         missing = [n for n in want if n not in got]
         hint = f" (unused by the graph, so the exporter dropped them: {missing})" if missing else ""
@@ -362,15 +368,14 @@ def _check_contract(model: onnx.ModelProto, graph: ScoringGraph) -> None:
     outs = {o.name: o for o in model.graph.output}
     if list(outs) != list(OUTPUT_NAMES):
         raise ExportError(f"graph outputs are {list(outs)}, expected {list(OUTPUT_NAMES)}")
-    expect = {"anomaly_map": [BATCH_DIM, h, w], "score": [BATCH_DIM], "task": [BATCH_DIM]}
-    for name, shape in expect.items():
+    for name, shape in output_shapes((h, w)).items():
         if _dims(outs[name]) != shape:
             raise ExportError(f"output {name} has shape {_dims(outs[name])}, expected {shape}")
     float_t = onnx.TensorProto.FLOAT
     if (
-        outs["anomaly_map"].type.tensor_type.elem_type != float_t
-        or outs["score"].type.tensor_type.elem_type != float_t
+        outs[ANOMALY_MAP].type.tensor_type.elem_type != float_t
+        or outs[SCORE].type.tensor_type.elem_type != float_t
     ):
         raise ExportError("anomaly_map and score must be float32")
-    if outs["task"].type.tensor_type.elem_type != onnx.TensorProto.INT64:
+    if outs[TASK].type.tensor_type.elem_type != onnx.TensorProto.INT64:
         raise ExportError("task must be int64")

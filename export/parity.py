@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.graph_io import FRAMES, OUTPUT_NAMES
 from edge.bundle import GoldenReport
 from trainer.methods.base import ScoringGraph
 
@@ -59,8 +60,8 @@ def ort_infer(
     """The graph's outputs on `frames`, feeding the data arrays as inputs."""
     maps, scores, tasks = [], [], []
     for i in range(0, len(frames), batch_size):
-        feed = {"frames": np.ascontiguousarray(frames[i : i + batch_size]), **data_inputs}
-        m, s, t = session.run(["anomaly_map", "score", "task"], feed)
+        feed = {FRAMES: np.ascontiguousarray(frames[i : i + batch_size]), **data_inputs}
+        m, s, t = session.run(list(OUTPUT_NAMES), feed)
         maps.append(np.asarray(m, dtype=np.float32))
         scores.append(np.asarray(s, dtype=np.float32).reshape(-1))
         tasks.append(np.asarray(t).reshape(-1).astype(np.int64))

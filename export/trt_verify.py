@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.graph_io import ANOMALY_MAP, FRAMES, SCORE, TASK
+
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -59,8 +61,8 @@ def engine_infer(
     stream = torch.cuda.Stream()
     maps, scores, tasks = [], [], []
     for i in range(0, len(frames), max_batch):
-        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + max_batch])).to(dev).to(dtypes["frames"])
-        feeds = {"frames": x, **data}
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + max_batch])).to(dev).to(dtypes[FRAMES])
+        feeds = {FRAMES: x, **data}
         for name in names:
             if is_input[name]:
                 context.set_input_shape(name, tuple(feeds[name].shape))
@@ -74,7 +76,7 @@ def engine_infer(
         if not context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        maps.append(outs["anomaly_map"].float().cpu().numpy())
-        scores.append(outs["score"].float().cpu().numpy().reshape(-1))
-        tasks.append(outs["task"].cpu().numpy().reshape(-1).astype(np.int64))
+        maps.append(outs[ANOMALY_MAP].float().cpu().numpy())
+        scores.append(outs[SCORE].float().cpu().numpy().reshape(-1))
+        tasks.append(outs[TASK].cpu().numpy().reshape(-1).astype(np.int64))
     return np.concatenate(maps), np.concatenate(scores), np.concatenate(tasks)

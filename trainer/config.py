@@ -6,32 +6,17 @@ extraction, with a message that names the key.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import PydanticBaseSettingsSource, SettingsConfigDict
+
+from contract.config_loader import LayeredSettings, load_settings
+from contract.errors import ConfigError  # noqa: F401 - re-exported: trainer.cli and the tests import it here
 
 if TYPE_CHECKING:
     from trainer.methods.base import CommonSettings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key."""
 
 
 class GeometryConfig(BaseModel):
@@ -70,13 +55,11 @@ class GeometryConfig(BaseModel):
     reason: str | None = Field(None, description="why `auto` chose this geometry (set by fit)")
 
 
-class TrainConfig(BaseSettings):
+class TrainConfig(LayeredSettings):
     """The top-level keys below, plus one section per registered method (`[patchcore]`, ...): each is
     validated by the method's own `Config` (trainer/methods/sections.py); other unknown keys are refused."""
 
     model_config = SettingsConfigDict(env_prefix="LINEWATCH_TRAIN_", env_nested_delimiter="__", extra="allow")
-
-    _strategy_defaulted: bool = PrivateAttr(False)
 
     method: str = "patchcore"
     strategy: str | None = Field(
@@ -119,7 +102,6 @@ class TrainConfig(BaseSettings):
             from trainer.methods.registry import method_class
 
             self.strategy = method_class(self.method).strategies[0]
-            self._strategy_defaulted = True
         return self
 
     @model_validator(mode="after")
@@ -155,11 +137,14 @@ class TrainConfig(BaseSettings):
     def settings_customise_sources(
         cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment beats the file (passed as init values); CLI flags are applied after loading.
-        # The method sections are not declared fields, so their variables are read by a source of their own.
+        # Overrides (CLI flags), then the environment, then the file (contract/config_loader.py). The
+        # method sections are not declared fields, so their variables are read by a source of their own.
         from trainer.methods.sections import sections_env
 
-        return env_settings, sections_env(env_settings), init_settings
+        overrides, env, *rest = super().settings_customise_sources(
+            settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        )
+        return overrides, env, sections_env(env_settings), *rest
 
     def section(self, method: str) -> BaseModel:
         """A registered method's config section (its own `Config`, validated)."""
@@ -185,35 +170,12 @@ class TrainConfig(BaseSettings):
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> TrainConfig:
-    """File, then environment, then explicit overrides (CLI flags that were given)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    try:
-        cfg = TrainConfig(**data)
-        if overrides:
-            values = cfg.model_dump()
-            if cfg._strategy_defaulted:  # a --method flag picks its own default strategy
-                values.pop("strategy")
-            given = {k: v for k, v in overrides.items() if v is not None}
-            if isinstance(given.get("geometry"), dict):  # --geometry/--overlap/--scale change single keys
-                given["geometry"] = {**values["geometry"], **given["geometry"]}
-            cfg = config_from_values({**values, **given})
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
-    return cfg
+    """File, then environment, then explicit overrides (the CLI flags that were given; None = not given).
+    Tables merge key by key, so `--geometry tile` keeps the file's `[geometry] overlap`."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return load_settings(TrainConfig, component="trainer", path=path, overrides=given)
 
 
 def config_from_values(values: dict[str, Any]) -> TrainConfig:
     """Validate exactly these values, ignoring the environment (CLI flags and saved runs win)."""
     return TrainConfig(_env_prefix="LINEWATCH_TRAIN_IGNORED_", **values)
-
-
-def _describe(exc: ValidationError) -> str:
-    lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return "invalid trainer config:\n" + "\n".join(lines)

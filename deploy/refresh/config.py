@@ -22,26 +22,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
 
 try:  # pydantic-settings >= 2.7: lets a list come from a plain comma-separated env var
     from pydantic_settings import NoDecode
 except ImportError:  # pragma: no cover - older pydantic-settings: env lists must be JSON
     NoDecode = None  # type: ignore[assignment,misc]
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from contract.config_loader import LayeredSettings, load_settings
+from contract.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -60,10 +50,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/linewatch/refresh.toml")
 # Drops are merged in the MVTec folder layout, so only layouts that are folders qualify.
 DROP_FORMATS = ("mvtec", "folder")
 _REMOTE_RE = re.compile(r"^(?:(?P<user>[^@:/\s]+)@)?(?P<host>[^@:/\s]+):(?P<path>/\S*)$")
-
-
-class ConfigError(Exception):
-    """Raised with one line per bad key; the CLI prints it and exits with code 2."""
 
 
 class _Section(BaseModel):
@@ -209,7 +195,7 @@ class StepsConfig(_Section):
     )
 
 
-class RefreshConfig(BaseSettings):
+class RefreshConfig(LayeredSettings):
     """Everything `linewatch-refresh` needs. See `deploy/refresh/refresh.example.toml`."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
@@ -226,13 +212,6 @@ class RefreshConfig(BaseSettings):
     gate: GateConfig = Field(default_factory=GateConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     steps: StepsConfig = Field(default_factory=StepsConfig)
-
-    @classmethod
-    def settings_customise_sources(
-        cls, settings_cls: type[BaseSettings], init_settings: Any, env_settings: Any, *_: Any, **__: Any
-    ) -> tuple[Any, ...]:
-        # Environment first: it overrides the TOML values passed in as init kwargs.
-        return env_settings, init_settings
 
     @field_validator("data")
     @classmethod
@@ -271,23 +250,9 @@ class RefreshConfig(BaseSettings):
         return self.sign_key.with_name(self.sign_key.name + ".pub")
 
 
-def _env_name(loc: tuple[Any, ...]) -> str:
-    return ENV_PREFIX + "__".join(str(part).upper() for part in loc if not isinstance(part, int))
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid refresh configuration ({source}):"]
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
-        hint = f" (set it in the file or {_env_name(loc)})" if err["type"] == "missing" else ""
-        lines.append(f"  {key}: {msg}{hint}")
-    return "\n".join(lines)
-
-
-def _resolve_relative(data: dict[str, Any], base: Path) -> dict[str, Any]:
+def _resolve_relative(data: dict[str, Any], file: Path) -> dict[str, Any]:
     """Make path keys in the file relative to the file's folder, as people expect."""
+    base = file.resolve().parent
     path_keys = {"run_dir", "drop_dir", "sign_key", "verify_key", "log_path", "lock_path"}
     out = dict(data)
     for key in path_keys & out.keys():
@@ -319,29 +284,9 @@ def load_config(path: Path | str | None = None) -> RefreshConfig:
     """
     explicit = path is not None or "LINEWATCH_REFRESH_CONFIG" in os.environ
     file = Path(path or os.environ.get("LINEWATCH_REFRESH_CONFIG") or DEFAULT_CONFIG_PATH)
-    data: dict[str, Any] = {}
-    if file.is_file():
-        try:
-            with file.open("rb") as fh:
-                data = tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"invalid refresh configuration ({file}): not valid TOML: {exc}") from None
-        data = _resolve_relative(data, file.resolve().parent)
-        source = str(file)
-    elif explicit:
-        raise ConfigError(f"refresh configuration file not found: {file}")
-    else:
-        source = f"environment only; {file} absent"
-    try:
-        return RefreshConfig(**data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
-    except SettingsError as exc:
-        # An environment override that is not valid JSON for a list or table key.
-        cause = f": {exc.__cause__}" if exc.__cause__ else ""
-        raise ConfigError(
-            f"invalid refresh configuration (environment {ENV_PREFIX}*): {exc}{cause}"
-        ) from None
+    return load_settings(
+        RefreshConfig, component="refresh", path=file, required=explicit, prepare=_resolve_relative
+    )
 
 
 def preflight(cfg: RefreshConfig, command: str) -> None:

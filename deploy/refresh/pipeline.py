@@ -152,7 +152,7 @@ class _Refresh:
             # Into the store under a hidden name: a bank-only bundle is verified beside its
             # base, exactly where the edge will resolve it, and publishing is a rename.
             self.bundle = store.export_dir(self.record.run_id)
-            registry, version = store.root, None
+            store_dir, version = store.root, None
         else:
             if bank_only:
                 self.say(
@@ -160,7 +160,7 @@ class _Refresh:
                 )
                 bank_only = False
             self.bundle = ws / "bundle"
-            registry, version = None, store.next_version()
+            store_dir, version = None, store.next_version()
         kind = "bank-only" if bank_only else "full"
         with self.step("export", f"{kind} signed bundle into {self.bundle}"):
             export_bundle(
@@ -168,7 +168,7 @@ class _Refresh:
                 ws / "run",
                 self.bundle,
                 bank_only=bank_only,
-                registry=registry,
+                store=store_dir,
                 version=version,
                 say=self.say,
             )

@@ -1,9 +1,10 @@
 """Publishing bundles into the store the edge watches, so the edge never sees half a bundle.
 
-Store layout (the contract with the edge):
+Store layout (the contract with the edge and the exporter, written once in `contract/store.py`):
 
     <store>/<name>-v000007/    one complete, immutable bundle per version
     <store>/current -> <name>-v000007   (relative symlink: the store may be mounted elsewhere)
+    <store>/.<name>.engines/, .<name>-v000007.engines/   engine caches the edge keeps
     <store>/.incoming-*, .rejected-*, .trash-*   hidden: the edge ignores dot-names
 
 A publish copies to a hidden temporary name, flushes it to disk, renames it to its
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 import subprocess
 import time
@@ -29,6 +29,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.errors import BundleError
+from contract.manifest import MANIFEST_NAME, MODEL_NAME
+from contract.store import (
+    CURRENT,
+    CURRENT_TMP_PREFIX,
+    Published,
+    bundle_dirname,
+    engine_cache_name,
+    engine_cache_owner,
+    model_cache_name,
+    parse_dirname,
+    point_current,
+    read_identity,
+)
 from deploy.refresh.config import RefreshConfig
 from deploy.refresh.fsutil import copytree_durable, fsync_dir, fsync_file, random_suffix, remove_tree
 
@@ -46,27 +60,13 @@ __all__ = [
     "read_identity",
 ]
 
-CURRENT = "current"
-_DIR_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)-v(?P<version>\d+)$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HIDDEN_TEMP = (".incoming-", ".trash-", ".swap-")
 EXPORT_PREFIX = ".export-"
 KEEP_REJECTED = 3
 
 
-class BundleError(ValueError):
-    """The directory handed to publish is not a bundle we may publish."""
-
-
 class StoreError(RuntimeError):
     """The store refused an operation (version not increasing, missing target, ssh failure)."""
-
-
-@dataclass(frozen=True, order=True)
-class Published:
-    version: int
-    name: str
-    dirname: str
 
 
 @dataclass(frozen=True)
@@ -75,51 +75,6 @@ class PublishResult:
     name: str
     version: int
     previous: str | None  # what `current` pointed to before, for rollback
-
-
-def bundle_dirname(name: str, version: int) -> str:
-    """`linewatch-v000007`: zero-padded so a plain `ls` sorts by version."""
-    return f"{name}-v{version:06d}"
-
-
-def engine_cache_name(dirname: str) -> str:
-    """Where the edge caches engines for one bundle (onnxruntime's TensorRT provider cache)."""
-    return f".{dirname}.engines"
-
-
-def model_cache_name(model: str) -> str:
-    """Where the edge caches the TensorRT plans of every version of `model`, one folder per graph.
-
-    Shared by versions so that version N+1 can refit version N's plan (edge/trt_build.py).
-    """
-    return f".{model}.engines"
-
-
-def parse_dirname(dirname: str) -> Published | None:
-    match = _DIR_RE.match(dirname)
-    if not match:
-        return None
-    return Published(int(match["version"]), match["name"], dirname)
-
-
-def read_identity(bundle: Path) -> tuple[str, int]:
-    """(model name, version) from a bundle's manifest.json, checked against the contract."""
-    manifest = Path(bundle) / "manifest.json"
-    try:
-        doc = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise BundleError(f"{bundle}: no manifest.json; not a bundle") from None
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest}: not valid JSON: {exc}") from None
-    if doc.get("schema_version") != 1:
-        raise BundleError(f"{manifest}: schema_version {doc.get('schema_version')!r} is not 1")
-    model = doc.get("model") or {}
-    name, version = model.get("name"), model.get("version")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise BundleError(f"{manifest}: model.name {name!r} is not a usable name (letters, digits, _ . -)")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise BundleError(f"{manifest}: model.version {version!r} is not a non-negative integer")
-    return name, version
 
 
 class Store:
@@ -225,7 +180,7 @@ class Store:
         """The cache key (sha256[:16] of model.onnx) of the graph `item` runs: its base's if bank-only."""
         base = self._base_of(item, by_version)
         files = self._manifest((base or item).dirname).get("files") or {}
-        graph = files.get("model.onnx") if isinstance(files, dict) else None
+        graph = files.get(MODEL_NAME) if isinstance(files, dict) else None
         return graph[:16] if isinstance(graph, str) and len(graph) >= 16 else None
 
     def _prune_model_caches(self, survivors: list[Published], caches: set[str]) -> list[str]:
@@ -285,7 +240,8 @@ class Store:
         gone = {engine_cache_name(r) for r in removed}
         for name in sorted(names - gone - models):
             # Engine caches of bundles that are gone (refused and set aside, or pruned earlier).
-            if name.startswith(".") and name.endswith(".engines") and name[1 : -len(".engines")] not in live:
+            owner = engine_cache_owner(name)
+            if owner is not None and owner not in live:
                 self._remove(name)
                 removed.append(name)
         removed += self._prune_model_caches(survivors, names & models)
@@ -318,7 +274,7 @@ class LocalStore(Store):
 
     def _manifest(self, dirname: str) -> dict:
         try:
-            doc = json.loads((self.root / dirname / "manifest.json").read_text())
+            doc = json.loads((self.root / dirname / MANIFEST_NAME).read_text())
         except (OSError, json.JSONDecodeError):
             return {}
         return doc if isinstance(doc, dict) else {}
@@ -338,7 +294,7 @@ class LocalStore(Store):
             path = self.root / name
             if name.startswith(prefixes):
                 remove_tree(path)
-            elif name.startswith(f"{CURRENT}.tmp-") and path.is_symlink():
+            elif name.startswith(CURRENT_TMP_PREFIX) and path.is_symlink():
                 path.unlink()
 
     def _install(self, bundle: Path, dirname: str) -> None:
@@ -365,14 +321,7 @@ class LocalStore(Store):
         fsync_dir(self.root)
 
     def _point(self, dirname: str) -> None:
-        tmp = self.root / f"{CURRENT}.tmp-{random_suffix()}"
-        os.symlink(dirname, tmp)
-        try:
-            os.replace(tmp, self.root / CURRENT)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.root)
+        point_current(self.root, dirname)
 
     def _rename(self, old: str, new: str) -> None:
         os.rename(self.root / old, self.root / new)
@@ -471,7 +420,7 @@ class RemoteStore(Store):
             raise
 
     def _point(self, dirname: str) -> None:
-        tmp = shlex.quote(f"{CURRENT}.tmp-{random_suffix()}")
+        tmp = shlex.quote(f"{CURRENT_TMP_PREFIX}{random_suffix()}")
         q = shlex.quote(dirname)
         self._sh(f"test -d {q}; ln -s -- {q} {tmp}; mv -T -- {tmp} {CURRENT}; sync")
 
@@ -480,7 +429,7 @@ class RemoteStore(Store):
 
     def _manifest(self, dirname: str) -> dict:
         try:
-            doc = json.loads(self._sh(f"cat -- {shlex.quote(dirname)}/manifest.json"))
+            doc = json.loads(self._sh(f"cat -- {shlex.quote(dirname)}/{MANIFEST_NAME}"))
         except (StoreError, json.JSONDecodeError):
             return {}
         return doc if isinstance(doc, dict) else {}

@@ -168,21 +168,21 @@ def export_bundle(
     out: Path,
     *,
     bank_only: bool,
-    registry: Path | None = None,
+    store: Path | None = None,
     version: int | None = None,
     say: Say = print,
 ) -> None:
     """`linewatch-export`, always signed; `--bank-only` when only a memory bank changed.
 
-    `registry` is the local bundle store: the exporter numbers the version above
+    `store` is the local bundle store: the exporter numbers the version above
     every bundle there and finds a bank-only refresh's base in it. For a remote
     store the caller passes the next `version` instead.
     """
     argv = [*_module(cfg, "export"), "--run", str(run), "--out", str(out), "--sign-key", str(cfg.sign_key)]
     if bank_only:
         argv.append("--bank-only")
-    if registry is not None:
-        argv += ["--registry", str(registry)]
+    if store is not None:
+        argv += ["--store", str(store)]
     if version is not None:
         argv += ["--version", str(version)]
     argv += cfg.steps.export_args

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.graph_io import FRAMES, OUTPUT_NAMES
 from edge.backends import BackendUnavailable
 from edge.bundle import Bundle
 from edge.config import BackendConfig
@@ -23,7 +24,6 @@ PROVIDERS = {
     "ort-cuda": "CUDAExecutionProvider",
     "ort-tensorrt": "TensorrtExecutionProvider",
 }
-OUTPUTS = ("anomaly_map", "score", "task")
 
 
 class OrtBackend:
@@ -51,7 +51,7 @@ class OrtBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         providers: list[Any] = [provider]
         if provider == "TensorrtExecutionProvider":
-            from edge.trt_build import engine_cache_dir
+            from contract.store import engine_cache_dir
 
             # Beside the bundle with the native engines, so the refresh job prunes both together.
             cache = engine_cache_dir(bundle.base.root if bundle.base is not None else bundle.root) / "ort-trt"
@@ -74,14 +74,14 @@ class OrtBackend:
             raise BackendUnavailable(f"{provider} could not be initialised (session runs on {active})")
         self.device = "cpu" if provider == "CPUExecutionProvider" else "cuda"
         inputs = [i.name for i in self.session.get_inputs()]
-        if not inputs or inputs[0] != "frames":
-            raise BackendUnavailable(f"graph's first input must be 'frames', got {inputs}")
+        if not inputs or inputs[0] != FRAMES:
+            raise BackendUnavailable(f"graph's first input must be {FRAMES!r}, got {inputs}")
         missing = [n for n in inputs[1:] if n not in bundle.data_inputs]
         if missing:
             raise BackendUnavailable(f"bundle lacks data inputs {missing} required by the graph")
         outputs = [o.name for o in self.session.get_outputs()]
-        if list(outputs[:3]) != list(OUTPUTS):
-            raise BackendUnavailable(f"graph outputs must be {list(OUTPUTS)}, got {outputs}")
+        if list(outputs[:3]) != list(OUTPUT_NAMES):
+            raise BackendUnavailable(f"graph outputs must be {list(OUTPUT_NAMES)}, got {outputs}")
         self._binding = self.session.io_binding()
         # The data inputs become device-resident OrtValues exactly once and stay bound.
         self._data_values = {
@@ -95,9 +95,9 @@ class OrtBackend:
         if frames.dtype != np.uint8 or frames.ndim != 4:
             raise ValueError(f"frames must be uint8 (B,H,W,3), got {frames.dtype}{frames.shape}")
         binding = self._binding
-        binding.bind_cpu_input("frames", np.ascontiguousarray(frames))
+        binding.bind_cpu_input(FRAMES, np.ascontiguousarray(frames))
         binding.clear_binding_outputs()
-        for name in OUTPUTS:
+        for name in OUTPUT_NAMES:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         maps, scores, tasks = binding.copy_outputs_to_cpu()[:3]

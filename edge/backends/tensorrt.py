@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.graph_io import ANOMALY_MAP, FRAMES, OUTPUT_NAMES, SCORE, TASK
 from edge.backends import BackendUnavailable
 from edge.bundle import Bundle
 from edge.config import BackendConfig
@@ -74,7 +75,7 @@ class TensorRTBackend:
             name = self._engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
             is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            if is_input and name == "frames":
+            if is_input and name == FRAMES:
                 host = cuda.pagelocked_empty((self.max_batch, h, w, 3), np.uint8)
                 self._host[name] = host
                 self._device[name] = cuda.mem_alloc(host.nbytes)
@@ -92,7 +93,7 @@ class TensorRTBackend:
                 self._device[name] = cuda.mem_alloc(max(host.nbytes, 1))
                 self._outputs.append(name)
             self._context.set_tensor_address(name, int(self._device[name]))
-        for needed in ("frames", "anomaly_map", "score", "task"):
+        for needed in (FRAMES, *OUTPUT_NAMES):
             if needed not in self._device:
                 raise BackendUnavailable(f"engine has no tensor {needed!r}")
 
@@ -103,18 +104,18 @@ class TensorRTBackend:
         cuda = self._cuda
         self._ctx.push()
         try:
-            host_frames = self._host["frames"]
+            host_frames = self._host[FRAMES]
             host_frames[:b] = frames
-            cuda.memcpy_htod_async(self._device["frames"], host_frames[:b], self._stream)
-            self._context.set_input_shape("frames", (b, *self._hw, 3))
+            cuda.memcpy_htod_async(self._device[FRAMES], host_frames[:b], self._stream)
+            self._context.set_input_shape(FRAMES, (b, *self._hw, 3))
             if not self._context.execute_async_v3(self._stream.handle):
                 raise RuntimeError("TensorRT enqueue failed")
             for name in self._outputs:
                 cuda.memcpy_dtoh_async(self._host[name][:b], self._device[name], self._stream)
             self._stream.synchronize()
-            maps = np.array(self._host["anomaly_map"][:b], dtype=np.float32)
-            scores = np.array(self._host["score"][:b], dtype=np.float32)
-            tasks = np.array(self._host["task"][:b]).astype(np.int64)  # int32 on TensorRT 8.6
+            maps = np.array(self._host[ANOMALY_MAP][:b], dtype=np.float32)
+            scores = np.array(self._host[SCORE][:b], dtype=np.float32)
+            tasks = np.array(self._host[TASK][:b]).astype(np.int64)  # int32 on TensorRT 8.6
             return maps, scores, tasks
         finally:
             self._ctx.pop()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from refresh_testkit import MOSQUITTO, free_port, start_mosquitto, stop_process
+
+from deploy.localbroker import MOSQUITTO, LocalBroker
 
 
 @pytest.fixture(scope="module")
@@ -14,10 +14,5 @@ def broker_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """Port of a plain, anonymous mosquitto on 127.0.0.1, one per test module."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (the Makefile's `mosquitto` target installs it)")
-    port = free_port()
-    workdir: Path = tmp_path_factory.mktemp("mosquitto")
-    proc = start_mosquitto(f"listener {port} 127.0.0.1\nallow_anonymous true\n", workdir, port)
-    try:
-        yield port
-    finally:
-        stop_process(proc)
+    with LocalBroker(tmp_path_factory.mktemp("mosquitto")) as broker:
+        yield broker.port

@@ -45,7 +45,7 @@ def _opts(args: list[str]) -> argparse.Namespace:
         "--sign-key",
         "--bundle",
         "--key",
-        "--registry",
+        "--store",
         "--version",
     ):
         p.add_argument(name)
@@ -111,26 +111,26 @@ def _manifests(folder: Path) -> list[dict]:
 
 
 def export(o: argparse.Namespace, plan: dict) -> int:
-    """Like linewatch-export: versions above the registry's, bank-only needs a full base there."""
+    """Like linewatch-export: versions above the store's, bank-only needs a full base there."""
     if plan.get("fail") == "export":
         print("onnx export failed", file=sys.stderr)
         return 1
     run, out = Path(o.run), Path(o.out)
     state = json.loads((run / "state.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    known = [m["model"]["version"] for m in _manifests(Path(o.registry))] if o.registry else []
+    known = [m["model"]["version"] for m in _manifests(Path(o.store))] if o.store else []
     if o.version is not None:
         version = int(o.version)
         if known and version <= max(known):
             print(f"version {version} must be greater than {max(known)}", file=sys.stderr)
             return 1
-    elif o.registry:
+    elif o.store:
         version = max(known, default=0) + 1
     else:
         version = plan.get("base_version", 10) + state["updates"]
     bank_only = None
     if o.bank_only:
-        bases = [m for m in _manifests(Path(o.registry or out.parent)) if not m.get("bank_only")]
+        bases = [m for m in _manifests(Path(o.store or out.parent)) if not m.get("bank_only")]
         if not bases:
             print("bank-only refresh needs a base bundle; pass --base", file=sys.stderr)
             return 1

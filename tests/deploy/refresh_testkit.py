@@ -9,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -19,57 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-MOSQUITTO = shutil.which("mosquitto") or (
-    "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise RuntimeError(f"mosquitto exited with {proc.returncode}: {out}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def start_mosquitto(conf_text: str, workdir: Path, port: int) -> subprocess.Popen:
-    """Start a real mosquitto with `conf_text` and wait until it accepts connections."""
-    assert MOSQUITTO is not None
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(conf_text)
-    proc = subprocess.Popen(
-        [MOSQUITTO, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        wait_port(port, proc=proc)
-    except BaseException:
-        stop_process(proc)
-        raise
-    return proc
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def sha256(path: Path) -> str:

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from refresh_testkit import MOSQUITTO
 
 from deploy import demo
+from deploy.localbroker import MOSQUITTO
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from refresh_testkit import MOSQUITTO, free_port, start_mosquitto, stop_process
 
+from deploy.localbroker import MOSQUITTO, LocalBroker, free_port
 from deploy.refresh.config import MqttConfig
 from deploy.refresh.confirm import wait_for_version
 
@@ -59,11 +59,8 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     if os.geteuid() == 0:
         # As root, mosquitto drops to user `mosquitto`, who cannot read pytest's private tmp dir.
         conf += "\nuser root\n"
-    proc = start_mosquitto(conf, pki / "run", port)
-    try:
-        yield {"port": port, "pki": pki, "passwords": passwords, "proc": proc}
-    finally:
-        stop_process(proc)
+    with LocalBroker(pki / "run", port, config=conf) as broker:
+        yield {"port": port, "pki": pki, "passwords": passwords, "broker": broker}
 
 
 class Client:

@@ -68,7 +68,7 @@ def test_every_camera_root_must_confirm(broker_port: int) -> None:
 
 
 def test_unreachable_broker_times_out_with_a_clear_reason() -> None:
-    from refresh_testkit import free_port
+    from deploy.localbroker import free_port
 
     result = wait_for_version(_cfg(free_port(), "linewatch/x/y/z/w", timeout=1.0), 1)
     assert not result.ok

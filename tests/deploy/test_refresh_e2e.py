@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from refresh_testkit import MOSQUITTO
+
+from deploy.localbroker import MOSQUITTO
 
 pytestmark = pytest.mark.slow
 
@@ -200,7 +201,7 @@ def line(tmp_path_factory: pytest.TempPathFactory, broker_port: int) -> Iterator
     _cli("-m", "export", "keygen", "--out", str(root / "keys"))
     _cli(
         "-m", "export", "--run", str(root / "run"), "--out", str(root / "first"),
-        "--registry", str(root / "store"), "--sign-key", str(root / "keys" / "linewatch.key"),
+        "--store", str(root / "store"), "--sign-key", str(root / "keys" / "linewatch.key"),
     )  # fmt: skip
     LocalStore(root / "store").publish(root / "first")
     (root / "edge.toml").write_text(

@@ -127,7 +127,7 @@ def test_bank_only_refresh_publishes_confirms_and_swaps(
     assert update[update.index("--run") + 1] != str(s.root / "run")  # trains a copy, never the live run
     export_args = s.calls[3]["args"]
     assert "--bank-only" in export_args and "--sign-key" in export_args
-    assert export_args[export_args.index("--registry") + 1] == str(s.store.root)
+    assert export_args[export_args.index("--store") + 1] == str(s.store.root)
     assert Path(export_args[export_args.index("--out") + 1]).parent == s.store.root
     verify = s.calls[4]["args"]
     assert verify[verify.index("--key") + 1] == str(s.root / "keys" / "linewatch.pub")
@@ -200,7 +200,7 @@ def test_remote_store_gets_a_full_export_with_an_explicit_version(
     code, lines = s.run()
     assert code == Exit.OK, "\n".join(lines)
     export_args = s.calls[3]["args"]
-    assert "--bank-only" not in export_args and "--registry" not in export_args
+    assert "--bank-only" not in export_args and "--store" not in export_args
     assert export_args[export_args.index("--version") + 1] == "11"
     assert os.readlink(remote / "current") == "linewatch-v000011"
     assert not any(n.startswith(".incoming-") for n in os.listdir(remote))

@@ -6,15 +6,13 @@ of the frame to a ``reference`` image (a data input, like a memory bank), averag
 threshold), clipped to [0, 1]; score = max of the map; task = 0. Frames of ``background()`` with a
 bright blob pasted in are anomalous exactly where the blob is, so verdicts can be checked exactly.
 
-When the real exporter exists (``export/bundle_writer.py``), only ``make_bundle`` needs swapping.
+``make_bundle`` writes its manifest through the same writer as the exporter (``contract/manifest.py``)
+without torch: the graph is built with ``onnx.helper``, so a toy bundle takes milliseconds.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import polling
+
+from contract import manifest as mf
+from contract.store import point_current
+from edge import signing
 
 FRAME_WH = (160, 120)  # camera frames (w, h)
 MODEL_HW = (64, 64)  # model input (h, w)
@@ -144,10 +146,6 @@ def toy_graph(hw: tuple[int, int], diff_at_half: float):  # -> onnx.ModelProto
     return model
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def model_reference(hw: tuple[int, int] = MODEL_HW, wh: tuple[int, int] = FRAME_WH) -> np.ndarray:
     """The background as the model sees it: one cv2.resize (INTER_LINEAR), RGB, float32."""
     small = cv2.resize(background(wh), (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
@@ -174,68 +172,33 @@ def make_bundle(
 
     out.mkdir(parents=True, exist_ok=True)
     ref = model_reference(hw) if reference is None else reference.astype(np.float32)
-    onnx.save(toy_graph(hw, diff_at_half), str(out / "model.onnx"))
-    np.save(out / "reference.npy", ref, allow_pickle=False)
+    onnx.save(toy_graph(hw, diff_at_half), str(out / mf.MODEL_NAME))
+    data_inputs = mf.write_data_inputs(out, {"reference": ref})
     good = np.clip(ref, 0, 255).astype(np.uint8)
     bad = good.copy()
     bad[hw[0] // 4 : hw[0] // 2, hw[1] // 4 : hw[1] // 2] = (250, 240, 30)
     noise = np.random.default_rng(version).integers(0, 256, (1, *hw, 3), dtype=np.uint8)
     inputs = np.concatenate([good[None], bad[None], noise])
-    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(out / mf.MODEL_NAME), providers=["CPUExecutionProvider"])
     maps, scores, tasks = sess.run(None, {"frames": inputs, "reference": ref})
-    (out / "golden").mkdir(exist_ok=True)
-    np.save(out / "golden/inputs.npy", inputs, allow_pickle=False)
-    np.save(out / "golden/scores.npy", (scores + golden_offset).astype(np.float32), allow_pickle=False)
-    np.save(out / "golden/maps.npy", maps.astype(np.float32), allow_pickle=False)
-    np.save(out / "golden/tasks.npy", tasks.astype(np.int64), allow_pickle=False)
-    rels = [
-        "model.onnx",
-        "reference.npy",
-        "golden/inputs.npy",
-        "golden/scores.npy",
-        "golden/maps.npy",
-        "golden/tasks.npy",
-    ]
-    manifest = {
-        "schema_version": 1,
-        "model": {"name": name, "version": version},
-        "created": "2026-01-01T00:00:00Z",
-        "method": "toy-diff",
-        "backbone": None,
-        "tasks": ["toy"],
-        "input": {
-            "height": hw[0],
-            "width": hw[1],
-            "channels": 3,
-            "colour": "RGB",
-            "dtype": "uint8",
-            "layout": "NHWC",
-            "max_batch": max_batch,
-        },
-        "outputs": {"anomaly_map": ["B", hw[0], hw[1]], "score": ["B"], "task": ["B"]},
-        "data_inputs": [
-            {"name": "reference", "file": "reference.npy", "shape": list(ref.shape), "dtype": "float32"}
-        ],
-        "threshold": 0.5,
-        "files": {rel: _sha(out / rel) for rel in rels},
-        "golden": {
-            "inputs": "golden/inputs.npy",
-            "scores": "golden/scores.npy",
-            "maps": "golden/maps.npy",
-            "tasks": "golden/tasks.npy",
-            "atol_score": 1e-4,
-            "atol_map": 1e-4,
-        },
-        "engines": [],
-        "provenance": {"data": "synthetic test background"},
-        "metrics": {},
-    }
-    raw = (json.dumps(manifest, indent=2) + "\n").encode()
-    (out / "manifest.json").write_bytes(raw)
-    if sign_key is not None:
-        from edge import signing
-
-        (out / "manifest.sig").write_bytes(signing.encode_signature(signing.sign_bytes(raw, sign_key)))
+    golden = mf.write_golden(
+        out, inputs, (maps, scores + golden_offset, tasks), atol_score=1e-4, atol_map=1e-4
+    )
+    manifest = mf.new_manifest(
+        name=name,
+        version=version,
+        method="toy-diff",
+        tasks=["toy"],
+        input_hw=hw,
+        max_batch=max_batch,
+        data_inputs=data_inputs,
+        golden=golden,
+        created="2026-01-01T00:00:00Z",
+        backbone=None,
+        provenance={"data": "synthetic test background"},
+        metrics={},
+    )
+    mf.write_manifest(out, manifest, signing.signer(sign_key) if sign_key is not None else None)
     return out
 
 
@@ -328,6 +291,4 @@ def make_export_bundle(
 def publish_to_store(store: Path, bundle_dir: Path) -> None:
     """What the refresh job does: point ``<store>/current`` at a bundle, atomically."""
     store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".current.tmp.{os.getpid()}.{time.monotonic_ns()}"
-    os.symlink(bundle_dir.name if bundle_dir.parent == store else str(bundle_dir), tmp)
-    os.replace(tmp, store / "current")
+    point_current(store, bundle_dir.name if bundle_dir.parent == store else str(bundle_dir))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +92,49 @@ def test_shipped_example_config_is_valid() -> None:
     cfg = load_config(example)
     assert cfg.topic.root("cam0") == "linewatch/plant1/line2/press3/cam0"
     assert cfg.mqtt.use_tls and cfg.reload.require_signature
+
+
+# Python 3.10 (JetPack 6 boxes) has no tomllib. The subprocess blocks it with a meta-path finder and
+# provides tomli: the installed package, else pip's vendored copy of the same package.
+_WITHOUT_TOMLLIB = """
+import importlib.abc, json, sys
+
+class NoTomllib(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tomllib":
+            raise ModuleNotFoundError("No module named 'tomllib'", name=name)
+        return None
+
+sys.meta_path.insert(0, NoTomllib())
+try:
+    import tomllib
+    sys.exit("the blocker did not block tomllib")
+except ModuleNotFoundError:
+    pass
+try:
+    import tomli
+except ModuleNotFoundError:
+    import pip._vendor.tomli as tomli
+    sys.modules["tomli"] = tomli
+
+from contract import config_loader
+from edge.config import load_config
+
+cfg = load_config(sys.argv[1], {"queues": {"frames": 32}})
+print(json.dumps({"toml_module": config_loader.tomllib.__name__, "root": cfg.topic.root("cam0"),
+                  "frames": cfg.queues.frames, "tls": cfg.mqtt.use_tls}))
+"""
+
+
+def test_loads_on_a_python_without_tomllib(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "edge" / "edge.example.toml"
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TOMLLIB, str(example)],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["toml_module"].endswith("tomli")  # the fallback parsed the file
+    assert got["root"] == "linewatch/plant1/line2/press3/cam0" and got["tls"] and got["frames"] == 32

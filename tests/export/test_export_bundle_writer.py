@@ -103,10 +103,10 @@ def test_version_resolution(tmp_path: Path) -> None:
     assert bw.resolve_version(reg / "toy-new", "toy") == 6
     assert bw.resolve_version(reg / "other-new", "other") == 10
     assert bw.resolve_version(reg / "fresh", "fresh") == 1
-    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", registry=reg) == 6
+    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", store=reg) == 6
     assert bw.resolve_version(tmp_path / "ws" / "b", "toy", base_version=7) == 8
     _fake_bundle(tmp_path / "ws" / "b", "toy", 12)  # the bundle being replaced
-    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", registry=reg) == 13
+    assert bw.resolve_version(tmp_path / "ws" / "b", "toy", store=reg) == 13
     assert bw.resolve_version(reg / "x", "toy", explicit=40) == 40
     with pytest.raises(ExportError, match="greater than 5"):
         bw.resolve_version(reg / "x", "toy", explicit=5)

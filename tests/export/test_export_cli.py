@@ -91,7 +91,7 @@ def test_full_then_bank_only_export(fitted_runs, signing_keys, tmp_path: Path, c
     workspace = tmp_path / "ws"
     workspace.mkdir()
     argv = ["--run", run, "--out", str(store / "patchcore-v000002"), "--sign-key", priv, "--bank-only"]
-    assert main([*argv, "--registry", str(store)]) == 0
+    assert main([*argv, "--store", str(store)]) == 0
     assert "bank-only refresh patchcore v2" in capsys.readouterr().out
     refresh = open_bundle(store / "patchcore-v000002", key=pub, require_signature=True)
     assert refresh.is_bank_only and refresh.base.version == 1

@@ -228,11 +228,6 @@ DEFECTS: dict[str, Drawer] = {
 }
 
 
-def exact_mask(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Pixels that changed at all; used to check that a drawer left the outside untouched."""
-    return np.any(before != after, axis=-1)
-
-
 def apply_defect(
     image: np.ndarray,
     defect_type: str,
