@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
 def _fit_run(method: str, workdir: Path, image_size: int, tasks: list[str]) -> tuple[Path, Path, float]:
     """Generate a small dataset and fit `method` on it; returns (run dir, data root, seconds)."""
     from trainer.config import TrainConfig
+    from trainer.continual import fit
     from trainer.data.generate import generate_dataset
-    from trainer.protocol import fit
 
     data = workdir / "data"
     generate_dataset(data, tasks, n_train=16, n_test_good=4, n_test_defect=4, size=image_size, seed=0)

@@ -54,7 +54,7 @@ def _fit_and_export(method: str, work: Path, data: Path, budget: int, max_batch:
     from export.checks import CheckLimits
     from export.run_source import load_run_for_export
     from trainer.config import TrainConfig
-    from trainer.protocol import fit
+    from trainer.continual import fit
 
     cfg = TrainConfig(
         method=method,

@@ -3,7 +3,7 @@
 The tests prove `replay` beats `naive` at 64 px with short schedules, which a CPU runs in
 minutes. This script runs the same protocol at 256 px with real schedules, which wants a
 GPU: generated brick, moon and cell (the one generator, MVTec layout), then for each
-method both strategies through `trainer.protocol.fit`, exactly what `linewatch-train fit`
+method both strategies through `trainer.continual.fit`, exactly what `linewatch-train fit`
 runs. Training runs on `--device`; scoring runs on the CPU copy, as always.
 
 Writes JSON with, per method and strategy: final image/pixel AUROC, AU-PRO, forgetting,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainer import protocol
+    from trainer import continual
     from trainer.config import config_from_values
     from trainer.data.generate import generate_dataset
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
                 t0 = time.perf_counter()
-                metrics = protocol.fit(cfg, f"mvtec:{data}", TASKS, work / f"run-{method}-{strategy}")
+                metrics = continual.fit(cfg, f"mvtec:{data}", TASKS, work / f"run-{method}-{strategy}")
                 row = _summary(metrics)
                 row["wall_seconds"] = round(time.perf_counter() - t0, 1)
                 result["runs"][f"{method}/{strategy}"] = row

@@ -63,7 +63,7 @@ def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fit(data: Path, out: Path, geometry: dict[str, Any]) -> dict[str, Any]:
     from trainer.config import TrainConfig
-    from trainer.protocol import fit
+    from trainer.continual import fit
 
     cfg = TrainConfig(
         method="patchcore", image_size=(256, 256), progress=False, report=False, min_val=2,

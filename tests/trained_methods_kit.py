@@ -132,7 +132,7 @@ class TrainedKit:
         """(run dir, metrics.json) of `method` under `strategy` on the three tasks."""
         key = (method, strategy)
         if key not in self.runs:
-            from trainer.protocol import fit
+            from trainer.continual import fit
 
             teacher = self.teacher() if method == "efficientad" else None
             out = self.base / f"run-{method}-{strategy}"

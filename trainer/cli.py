@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "generate":
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    from trainer import protocol
+    from trainer import continual
 
     try:
         if args.command == "generate":
@@ -160,16 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                 progress=False if args.no_progress else None,
                 report=False if args.no_report else None,
             )
-            metrics = protocol.fit(cfg, args.data, args.tasks, args.out, args.single_run)
+            metrics = continual.fit(cfg, args.data, args.tasks, args.out, args.single_run)
             _print_table(metrics)
             reason = metrics.get("geometry", {}).get("reason")
             print(f"\ngeometry: {reason or metrics.get('geometry', {}).get('mode')}")
             print(f"run written to {args.out}")
         elif args.command == "update":
-            metrics = protocol.update(args.run, args.data, args.tasks, args.single_run)
+            metrics = continual.update(args.run, args.data, args.tasks, args.single_run)
             _print_table(metrics)
         elif args.command == "eval":
-            metrics = protocol.evaluate(args.run, args.data, args.tasks)
+            metrics = continual.evaluate(args.run, args.data, args.tasks)
             text = json.dumps(metrics, indent=1)
             if args.out:
                 args.out.write_text(text)

@@ -39,7 +39,7 @@ def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _fit(method: str, data: Path, out: Path) -> Path:
     from trainer.config import TrainConfig
-    from trainer.protocol import fit
+    from trainer.continual import fit
 
     cfg = TrainConfig(
         method=method,

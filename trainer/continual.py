@@ -1,4 +1,6 @@
-"""The benchmark protocol: learn tasks in order, and after each one evaluate every task seen.
+"""The continual-learning loop (the benchmark protocol): learn tasks in order, and after each one
+evaluate every task seen. Named for what it runs, not `protocol.py`, which read like the method
+`Protocol` class.
 
 `fit` and `update` share one loop, so continuing a saved run gives the same result as
 fitting the whole sequence at once with the same seed.
