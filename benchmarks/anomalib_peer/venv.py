@@ -24,6 +24,7 @@ import argparse
 import importlib.metadata as md
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +56,9 @@ def _is_torch_stack(name: str) -> bool:
 
 def link_torch_stack(torch_site: Path, shim: Path) -> int:
     """Symlink the top-level entries of the torch-stack distributions of ``torch_site`` into ``shim``."""
-    shim.mkdir(parents=True, exist_ok=True)
+    if shim.exists():  # only symlinks live here: start afresh so a changed torch site leaves none stale
+        shutil.rmtree(shim)
+    shim.mkdir(parents=True)
     linked = 0
     for dist in md.distributions(path=[str(torch_site)]):
         if not _is_torch_stack(dist.metadata["Name"]):
@@ -63,7 +66,7 @@ def link_torch_stack(torch_site: Path, shim: Path) -> int:
         tops = {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
         for top in tops:
             src, dst = torch_site / top, shim / top
-            if src.exists() and not dst.exists():
+            if src.exists() and not dst.is_symlink():
                 dst.symlink_to(src, target_is_directory=src.is_dir())
                 linked += 1
     if not (shim / "torch").exists():
