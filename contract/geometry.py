@@ -115,7 +115,9 @@ AUTO_OVERLAP_FRACTION = 1 / 8
 AUTO_MAX_TILES = 8
 
 
-def choose_geometry(frame_sizes: list[tuple[int, int]], tile_hw: tuple[int, int]) -> tuple[dict[str, Any], str]:
+def choose_geometry(
+    frame_sizes: list[tuple[int, int]], tile_hw: tuple[int, int]
+) -> tuple[dict[str, Any], str]:
     """The ``auto`` rule: a geometry dict (``Geometry.from_dict``) and the reason, in words.
 
     Why a rule on sizes alone: the defects are not known at training time (only good parts are), and
@@ -136,7 +138,9 @@ def choose_geometry(frame_sizes: list[tuple[int, int]], tile_hw: tuple[int, int]
     overlap = max(0, round(min(th, tw) * AUTO_OVERLAP_FRACTION))
     margin = overlap // 2
     # Never below the shrink limit, and never so small that a frame's side no longer fills a tile.
-    floor = max(1.0 / AUTO_MAX_SHRINK, max((min(th, tw) - 2 * margin) / min(h, w) for h, w in frame_sizes))
+    floor = max(
+        1.0 / AUTO_MAX_SHRINK, min(1.0, max((min(th, tw) - 2 * margin) / min(h, w) for h, w in frame_sizes))
+    )
     candidates = [s for s in (round(1.0 - 0.05 * i, 2) for i in range(20)) if s >= floor] or [1.0]
 
     def tiled(scale: float) -> tuple[dict[str, Any], int]:
@@ -149,7 +153,11 @@ def choose_geometry(frame_sizes: list[tuple[int, int]], tile_hw: tuple[int, int]
         if tiles <= AUTO_MAX_TILES:
             break
     scale = doc["scale"]
-    why = "native pixels" if scale == 1 else f"scaled by {scale:g} to stay within {AUTO_MAX_TILES} tiles per frame"
+    why = (
+        "native pixels"
+        if scale == 1
+        else f"scaled by {scale:g} to stay within {AUTO_MAX_TILES} tiles per frame"
+    )
     if tiles > AUTO_MAX_TILES:
         why = f"scaled by {scale:g}, the least allowed; {AUTO_MAX_TILES} tiles per frame cannot be kept"
     return doc, (
@@ -264,11 +272,20 @@ class FramePlan:
         self.frame_hw = (int(frame_hw[0]), int(frame_hw[1]))
         th, tw = geometry.tile_hw
         self.offset = (0, 0)  # letterbox: where the picture sits in the model input
+        self.scale = 1.0  # tile: the scale this frame size is cut at (raised when a tile would not fit)
         self.margin = 0  # tile: mirrored px around the working frame
         if geometry.mode == "tile":
             base = geometry.frame_hw or self.frame_hw
-            self.work_hw = (round(base[0] * geometry.scale), round(base[1] * geometry.scale))
             self.margin = m = geometry.margin
+            # A frame too small for one tile at the model's scale (a smaller camera, a later task)
+            # is scaled up just enough, the same way in training and on the box, rather than refused:
+            # a refused frame would leave the line uninspected.
+            scale = max(geometry.scale, (th - 2 * m) / base[0], (tw - 2 * m) / base[1])
+            self.scale = scale
+            self.work_hw = (
+                max(th - 2 * m, round(base[0] * scale)),
+                max(tw - 2 * m, round(base[1] * scale)),
+            )
             if m >= min(self.work_hw):
                 raise ValueError(f"margin {m} must be smaller than the working frame {self.work_hw}")
             self.boxes = tile_boxes(

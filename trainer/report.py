@@ -46,7 +46,8 @@ class TaskEval:
     labels: (N,) 0 good / 1 defect; scores: (N,) normalised image scores;
     maps: (N,H,W) float anomaly maps in [0, 1] with 0.5 the threshold;
     masks: (N,H,W) bool ground truth; has_mask: (N,) bool, False for defect images
-    without a mask; images: (N,H,W,3) uint8 RGB test images.
+    without a mask; images: (N,H,W,3) uint8 RGB test images, or a list of (H,W,3) frames of
+    several sizes (trainer/data/images.py: Frames).
     """
 
     task: str
@@ -65,11 +66,20 @@ class TaskEval:
             "maps": (np.shape(self.maps), 3),
             "masks": (np.shape(self.masks), 3),
             "has_mask": (np.shape(self.has_mask), 1),
-            "images": (np.shape(self.images), 4),
+            "images": (_frames_shape(self.images), 4),
         }
         for name, (shape, ndim) in shapes.items():
             if len(shape) != ndim or shape[0] != n:
                 raise ValueError(f"TaskEval({self.task!r}).{name} has shape {shape} for {n} labels")
+
+
+def _frames_shape(frames: Any) -> tuple[int, ...]:
+    """np.shape for Frames: a list of frames of different sizes has shape (N, -1, -1, 3)."""
+    if isinstance(frames, np.ndarray) or not len(frames):
+        return np.shape(frames)
+    if any(np.ndim(f) != 3 for f in frames):
+        return (len(frames),)
+    return (len(frames), -1, -1, 3)
 
 
 # ---------------------------------------------------------------- entry point

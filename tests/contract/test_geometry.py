@@ -68,8 +68,11 @@ def test_bad_geometries_are_refused() -> None:
         Geometry("tile", (64, 64), overlap=64)
     with pytest.raises(ValueError, match="mode"):
         Geometry("mosaic")
-    with pytest.raises(ValueError, match="smaller than"):
-        Geometry("tile", (256, 256), scale=0.1).plan((1536, 2048))
+    # a frame that the scale would make smaller than a tile is cut at the least scale that fits
+    # (the same in training and on the box) instead of leaving the line uninspected
+    plan = Geometry("tile", (256, 256), scale=0.1).plan((1536, 2048))
+    assert plan.work_hw == (256, 341) and plan.n == 2 and plan.scale == pytest.approx(256 / 1536)
+    assert Geometry("tile", (256, 256), overlap=32, margin=16).plan((200, 640)).work_hw[0] == 224
 
 
 def test_cut_writes_into_the_given_buffer_in_one_go() -> None:
