@@ -4,6 +4,10 @@ Why: proof that the peer works end to end through its Python API (the same calls
 benchmark makes), and a first look at the numbers. Runs in the PROJECT venv (sklearn for AUROC).
 Finished npz files are kept and reused (``--force`` re-runs), so an interrupted sweep resumes.
 
+Cost on 2 shared CPU cores: anomalib's PatchCore coreset (k-center greedy on a ~285-d JL projection)
+grows with the square of the train images: 40 images took ~270 s, 100 images >20 min. So PatchCore
+was run with ``--max-train 40`` (evenly spaced over the sorted train/good) and PaDiM on all of it.
+
     python -m benchmarks.anomalib_peer.all_tasks [--max-train N] [--weights lite0 lite0-defaults default]
 """
 
