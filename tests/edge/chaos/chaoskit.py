@@ -30,6 +30,8 @@ from typing import Any
 import cv2
 from edge_testkit import render, wait_for
 
+from deploy.localbroker import accepting
+
 REPO = Path(__file__).resolve().parents[3]
 SITE = "linewatch/site/line/station"
 
@@ -236,7 +238,7 @@ def kill_broker(broker: Any) -> None:
     broker.proc.kill()
     broker.proc.wait(30)
     broker.proc = None
-    wait_for(lambda: not broker._accepting(), 30, what="the killed broker's port to close")
+    wait_for(lambda: not accepting(broker.port, broker.host), 30, what="the killed broker's port to close")
 
 
 class BlackHoleProxy:
