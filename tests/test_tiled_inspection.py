@@ -116,7 +116,9 @@ def test_tiled_model_finds_the_small_defects_the_resize_model_misses(runs: dict)
     assert tile["final"]["aupro"] > resize["final"]["aupro"] + 0.3
     # the geometry is part of the run's saved config, frame size learnt from the data
     saved = json.loads((runs["tile"][0] / "state" / "run.json").read_text())["config"]["geometry"]
-    assert saved == {**TILE, "scale": 1.0, "frame_size": [FRAME_WH[1], FRAME_WH[0]]}
+    expected = {**TILE, "scale": 1.0, "frame_size": [FRAME_WH[1], FRAME_WH[0]]}
+    assert {k: saved[k] for k in expected} == expected
+    assert saved["learn_frame_size"] is True and saved["reason"] is None  # an explicit tile, not auto
 
 
 def _test_frames(large_data: Path) -> tuple[np.ndarray, np.ndarray, list[Any]]:
