@@ -73,12 +73,24 @@ def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
     return TaskData(task, spec, train_part, val_part, test, labels, masks, has_mask)
 
 
+def _first_frame_size(split: Any) -> tuple[int, int]:
+    """The size of a task's first readable training image. Unreadable ones are skipped here: reading
+    the task reports every bad file at once (one DatasetError), which is what the user needs."""
+    for sample in split.train:
+        try:
+            return image_size(sample.path)
+        except OSError:
+            continue
+    read_images([s.path for s in split.train], (8, 8))  # raises the DatasetError naming them all
+    raise AssertionError("unreachable: no train image could be read")
+
+
 def resolve_auto_geometry(learner: Learner, spec: str, tasks: list[str], log: Log = print) -> None:
     """`auto` becomes a concrete geometry before the first task is read, from the size of each new
     task's first training image (contract.geometry.choose_geometry); printed and kept in the run."""
     if learner.cfg.geometry.mode != "auto":
         return
-    sizes = [image_size(load_task(spec, t).train[0].path) for t in tasks]
+    sizes = [_first_frame_size(load_task(spec, t)) for t in tasks]
     doc, reason = choose_geometry(sizes, tuple(learner.cfg.image_size))
     learner.set_geometry(doc, reason)
     log(f"geometry: {reason}")
