@@ -163,7 +163,6 @@ def edge_cost(devset: Path, run: Path, work: Path, frames_per_task: int, threads
 def peers(devset: Path, work: Path, venv: Path, weights: list[str], models: list[str]) -> dict[str, Any]:
     """anomalib PatchCore/PaDiM per task, scored by our metric code on their raw outputs."""
     from benchmarks.anomalib_peer import ensure_peer_venv, run_peer
-
     from trainer import metrics as M
     from trainer.data import load_task, read_masks
 
@@ -257,11 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.devset.is_dir():
         print(f"dev set not found at {args.devset}: nothing to measure", file=sys.stderr)
         return 2
-    work_root = args.work or Path(tempfile.mkdtemp(prefix="real-images-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="real-images-"))
     if args.max_train or args.max_test:  # the same linked subset for our runs and the peers
         from trainer.data.subset import link_subset
 
-        sub = work_root / "devset-subset"
+        sub = work / "devset-subset"
         for root, task in SEQUENCE:
             if not (sub / root / task).exists():
                 n_test = args.max_test or 10**6
@@ -271,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
         args.devset = sub
     parts = set(args.parts.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    work = work_root
     work.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",

@@ -22,7 +22,7 @@ from sklearn.metrics import f1_score
 from contract.geometry import choose_geometry
 from trainer import metrics as M
 from trainer.config import TrainConfig
-from trainer.data import image_size, load_task, read_images, read_masks, take_frames
+from trainer.data import DatasetError, image_size, load_task, read_images, read_masks, take_frames
 from trainer.learner import Learner, TaskData
 from trainer.report import TaskEval, write_report
 from trainer.runs import load_run, save_run
@@ -47,7 +47,7 @@ def _read_size(split: Any, cfg: TrainConfig) -> tuple[int, int] | None:
         return tuple(g.frame_size)
     if not g.learn_frame_size:
         return None
-    return image_size(split.train[0].path)
+    return _first_frame_size(split)
 
 
 def load_task_data(spec: str, task: str, cfg: TrainConfig) -> TaskData:
@@ -82,7 +82,7 @@ def _first_frame_size(split: Any) -> tuple[int, int]:
         except OSError:
             continue
     read_images([s.path for s in split.train], (8, 8))  # raises the DatasetError naming them all
-    raise AssertionError("unreachable: no train image could be read")
+    raise DatasetError(f"task {split.task}: no training image could be read")
 
 
 def resolve_auto_geometry(learner: Learner, spec: str, tasks: list[str], log: Log = print) -> None:
