@@ -14,7 +14,11 @@ Three modes, a model setting recorded in the run config and in the bundle manife
   its interior. Pixels that one tile alone covers keep that tile's value. ``margin`` > 0 mirrors
   that many px of the (rescaled) frame around it before tiling (the grid then covers the mirrored
   frame, its last tiles aligned to that border) and crops the map back, so the frame's own border
-  is seen from inside a tile too; ``overlap / 2`` is a good value.
+  is seen from inside a tile too; ``overlap / 2`` is a good value. ``context`` adds one more model
+  input, the whole frame resized (what ``resize`` sees), and the frame map is the mean of the
+  stitched tile map and that context map: a defect larger than a tile's view, or one the tiles see
+  only as texture, still counts at the scale where it stands out, and a single noisy patch of the
+  many more that tiles score weighs half.
 
 ``resize`` is a one-tile plan like the others, so there is one frame path: every mode cuts, scores
 and stitches, and every resampling goes through ``resize_frame`` (INTER_AREA to shrink, bilinear to
@@ -184,6 +188,7 @@ class Geometry:
     scale: float = 1.0
     frame_hw: tuple[int, int] | None = None
     margin: int = 0
+    context: bool = False  # tile: also score the whole frame resized, and average the two maps
     reason: str | None = field(default=None, compare=False)  # why ``auto`` chose this geometry
     _plans: dict[tuple[int, int], FramePlan] = field(default_factory=dict, repr=False, compare=False)
 
@@ -200,6 +205,8 @@ class Geometry:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if self.frame_hw is not None and min(self.frame_hw) < 1:
             raise ValueError(f"frame size must be positive, got {self.frame_hw}")
+        if self.context and self.mode != "tile":
+            raise ValueError(f"context is a tile-mode option; mode is {self.mode!r}")
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any] | None, tile_hw: tuple[int, int] | None = None) -> Geometry:
@@ -213,6 +220,7 @@ class Geometry:
             scale=float(doc.get("scale", 1.0)),
             frame_hw=_hw(doc.get("frame_size")),
             margin=int(doc.get("margin", 0)),
+            context=bool(doc.get("context", False)),
             reason=doc.get("reason"),
         )
 
@@ -224,6 +232,7 @@ class Geometry:
             "scale": float(self.scale),
             "frame_size": list(self.frame_hw) if self.frame_hw else None,
             "margin": int(self.margin),
+            **({"context": True} if self.context else {}),
             **({"reason": self.reason} if self.reason else {}),
         }
 
@@ -247,7 +256,7 @@ class Geometry:
         if self.mode != "tile":
             return 1
         hw = frame_hw or self.frame_hw
-        return None if hw is None else len(self.plan(hw).boxes)
+        return None if hw is None else self.plan(hw).n
 
     def cut_many(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Every model input of every frame, frame by frame (training): (sum of tiles, th, tw, 3).
@@ -302,7 +311,9 @@ class FramePlan:
         else:
             self.work_hw = (th, tw)
             self.boxes = np.array([(0, 0, th, tw)], dtype=np.int64)
-        self.n = len(self.boxes)
+        # The context view (tile mode) is the last model input: the whole frame, resized.
+        self.context = geometry.mode == "tile" and geometry.context
+        self.n = len(self.boxes) + int(self.context)
         self._work: np.ndarray | None = None
         self._padded: np.ndarray | None = None
         self._window: np.ndarray | None = None
@@ -314,7 +325,7 @@ class FramePlan:
             )
             for y0, x0, y1, x1 in self.boxes:
                 weight[y0:y1, x0:x1] += window
-            if self.n > 1 and not np.all(weight == 1.0):  # tiles overlap: a weighted average
+            if len(self.boxes) > 1 and not np.all(weight == 1.0):  # tiles overlap: a weighted average
                 self._window, self._inv_weight = window, 1.0 / weight
 
     def _resized(self, frame: np.ndarray) -> np.ndarray:
@@ -356,6 +367,8 @@ class FramePlan:
         else:
             for i, (y0, x0, y1, x1) in enumerate(self.boxes):
                 out[i] = src[y0:y1, x0:x1]
+            if self.context:
+                resize_frame(frame, (th, tw), dst=out[-1])
         if bgr:
             for i in range(self.n):
                 cv2.cvtColor(out[i], cv2.COLOR_BGR2RGB, dst=out[i])
@@ -380,6 +393,8 @@ class FramePlan:
                 acc *= self._inv_weight
             if m:
                 acc = np.ascontiguousarray(acc[m : m + self.work_hw[0], m : m + self.work_hw[1]])
+            if self.context:
+                acc = 0.5 * (acc + resize_frame(maps[-1], self.work_hw))
         elif self.geometry.mode == "letterbox":
             oy, ox = self.offset
             acc = np.ascontiguousarray(maps[0, oy : oy + self.work_hw[0], ox : ox + self.work_hw[1]])

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--overlap", type=int, help="tile: px shared by neighbouring tiles")
     fit.add_argument("--scale", type=float, help="tile: rescale frames by this before tiling (1 = native)")
     fit.add_argument("--margin", type=int, help="tile: px of mirrored border around the frame")
+    fit.add_argument(
+        "--context",
+        action=argparse.BooleanOptionalAction,
+        help="tile: also score the whole frame resized and average its map with the tiles'",
+    )
     fit.add_argument("--seed", type=int)
     fit.add_argument("--single-run", type=Path, help="a `single` run on the same tasks, for relative_gap")
     fit.add_argument("--no-progress", action="store_true")
@@ -109,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _geometry_flags(args: argparse.Namespace) -> dict | None:
     """The geometry keys given on the command line (they override the file and the environment)."""
-    given = {"mode": args.geometry, "overlap": args.overlap, "scale": args.scale, "margin": args.margin}
+    given = {
+        "mode": args.geometry,
+        "overlap": args.overlap,
+        "scale": args.scale,
+        "margin": args.margin,
+        "context": args.context,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
 

@@ -46,6 +46,11 @@ class GeometryConfig(BaseModel):
         ge=0,
         description="tile: px of mirrored frame around the frame, so its border is seen from inside a tile",
     )
+    context: bool = Field(
+        False,
+        description="tile: also score the whole frame resized and average that map with the tiles' "
+        "(one more model input per frame)",
+    )
     learn_frame_size: bool = Field(
         True,
         description="tile/letterbox without frame_size: record the first task's frame size (True) or "
@@ -118,6 +123,8 @@ class TrainConfig(LayeredSettings):
                     f"geometry: frame_size {g.frame_size} x scale {g.scale} = {work} (margin {g.margin}) "
                     f"does not fit tiles of {tile}"
                 )
+        if g.context and g.mode not in ("tile", "auto"):
+            raise ValueError(f"geometry.context is a tile option; mode is {g.mode!r}")
         return self
 
     def geometry_manifest(self) -> dict[str, Any]:
@@ -130,6 +137,7 @@ class TrainConfig(LayeredSettings):
             "scale": g.scale,
             "frame_size": list(g.frame_size) if g.frame_size else None,
             "margin": g.margin,
+            **({"context": True} if g.context else {}),
             **({"reason": g.reason} if g.reason else {}),
         }
 

@@ -76,7 +76,9 @@ class Learner:
 
     def set_geometry(self, doc: dict, reason: str) -> None:
         """Fix the geometry `auto` chose (contract.geometry.choose_geometry): frames keep their own size."""
-        update = {k: doc[k] for k in ("mode", "overlap", "scale", "margin") if k in doc}
+        update = {k: doc[k] for k in ("mode", "overlap", "scale", "margin", "context") if k in doc}
+        if update.get("mode") != "tile":
+            update["context"] = False  # a context view is part of a tile plan only
         g = self.cfg.geometry.model_copy(update={**update, "learn_frame_size": False, "reason": reason})
         self.cfg = self.cfg.model_copy(update={"geometry": g})
         for m in self.methods.values():

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from contract.geometry import Geometry, combine_tasks, tile_boxes, tile_starts, tile_window
+from contract.geometry import Geometry, combine_tasks, resize_frame, tile_boxes, tile_starts, tile_window
 from trainer.config import ConfigError, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,3 +169,22 @@ def test_config_geometry_section(monkeypatch: pytest.MonkeyPatch) -> None:
         load_config(None, geometry={"mode": "tile", "frame_size": (300, 400), "scale": 0.5})
     with pytest.raises(ConfigError, match="geometry"):
         load_config(None, geometry={"mode": "mosaic"})
+
+
+def test_context_view_is_the_last_input_and_half_of_the_map() -> None:
+    """``context`` adds the whole frame resized as one more input; the map averages it with the tiles'."""
+    frame = np.random.default_rng(5).integers(0, 256, (128, 192, 3), dtype=np.uint8)
+    plain = Geometry("tile", (64, 64)).plan(frame.shape[:2])
+    g = Geometry("tile", (64, 64), context=True)
+    assert Geometry.from_dict(g.as_dict()) == g and g.as_dict()["context"] is True
+    plan = g.plan(frame.shape[:2])
+    assert plan.n == plain.n + 1 == g.tiles_per_frame(frame.shape[:2])
+    cut = plan.cut(frame)
+    np.testing.assert_array_equal(cut[:-1], plain.cut(frame))
+    np.testing.assert_array_equal(cut[-1], resize_frame(frame, (64, 64)))
+    tile_maps = np.random.default_rng(6).random((plain.n, 64, 64)).astype(np.float32)
+    context_map = np.full((1, 64, 64), 2.0, np.float32)
+    full = plan.stitch(np.concatenate([tile_maps, context_map]))
+    np.testing.assert_allclose(full, 0.5 * (plain.stitch(tile_maps) + 2.0), rtol=1e-6)
+    with pytest.raises(ValueError, match="tile-mode"):
+        Geometry("resize", (64, 64), context=True)

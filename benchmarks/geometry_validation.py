@@ -1,0 +1,166 @@
+"""Choose the geometry on training images only: held-out good frames and synthetic defects made on them.
+
+The dev set's test split must never choose a setting (the project is checked on other real data
+too). This benchmark splits each dev task's *training* good images into a fitting part and a
+held-out part, paints synthetic defects onto half of the held-out frames at their native resolution,
+and fits one model per candidate geometry through the trainer's CLI on the fitting part, scored on
+the held-out part. The defects are decided up front, not tuned:
+
+- *blobs*: DRAEM's Perlin-noise masks filled with photograph texture
+  (``trainer/data/synthetic_anomalies.py``), at 8 to 32 noise cells per side, so a blob is about
+  1/16 to 1/64 of the frame's side: the few-hundred-pixel size of the dev set's README;
+- *scratches*: one to three thin polylines, 1 to 3 px wide at native resolution, 5 to 20 % of the
+  frame's diagonal long, brighter or darker than the part by 25 to 60 grey levels.
+
+Candidates: ``resize`` (squeeze to the model input), ``tile`` (what ``auto`` picks for large
+frames), ``tile --context`` (tiles plus the whole frame resized, maps averaged). Writes
+``geometry_validation.json`` and ``.md`` under ``--out``: image AUROC and AU-PRO per task and
+candidate on the synthetic defects.
+
+    python benchmarks/geometry_validation.py --fit 30 --held-out 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TASKS = [("bsdata", "ball_screw"), ("kolektor", "commutator"), ("casting", "impeller")]
+CANDIDATES: dict[str, list[str]] = {
+    "resize": ["--geometry", "resize"],
+    "tile": [],  # the default: auto, which tiles every dev task larger than 2x the model input
+    "tile+context": ["--context"],
+}
+
+
+def scratch_mask(hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """1-3 thin polylines, 1-3 px wide, 5-20 % of the diagonal long: float32 (H, W) of {0, 1}."""
+    h, w = hw
+    mask = np.zeros((h, w), np.uint8)
+    diag = float(np.hypot(h, w))
+    for _ in range(int(rng.integers(1, 4))):
+        length = rng.uniform(0.05, 0.2) * diag
+        y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
+        angle = rng.uniform(0, np.pi)
+        points = [(x, y)]
+        for _ in range(4):  # a gently bending crack
+            angle += rng.normal(0, 0.3)
+            x, y = x + np.cos(angle) * length / 4, y + np.sin(angle) * length / 4
+            points.append((x, y))
+        pts = np.round(np.array(points)).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(mask, [pts], False, 1, thickness=int(rng.integers(1, 4)), lineType=cv2.LINE_AA)
+    return (mask > 0).astype(np.float32)
+
+
+def paint(frame: np.ndarray, kind: str, rng: np.random.Generator, textures: list[np.ndarray]):
+    """One synthetic defect on a copy of ``frame`` (uint8, 3 channels): (image, mask)."""
+    from trainer.data.synthetic_anomalies import perlin_anomaly, perlin_mask, random_texture
+
+    hw = frame.shape[:2]
+    if kind == "blob":
+        for _ in range(20):  # an empty mask is possible; draw again
+            mask = perlin_mask(hw, rng, scale_range=(3, 6))
+            if mask.sum() >= 16:
+                break
+        return perlin_anomaly(frame, random_texture(textures, hw, rng), rng, (0.0, 0.5), mask=mask)
+    mask = scratch_mask(hw, rng)
+    delta = rng.uniform(25, 60) * (1 if rng.random() < 0.5 else -1)
+    out = np.clip(frame.astype(np.float32) + delta * mask[..., None], 0, 255)
+    return np.rint(out).astype(np.uint8), mask
+
+
+def build_task(src: Path, out: Path, n_fit: int, n_held: int, seed: int) -> dict[str, int]:
+    """An MVTec-layout task from ``src``'s train/good only: fit images, held-out good, synthetic defects."""
+    from contract.frames import decode_file
+    from trainer.data.synthetic_anomalies import texture_source
+
+    rng = np.random.default_rng(seed)
+    files = sorted((src / "train" / "good").iterdir())
+    order = rng.permutation(len(files))
+    fit, held = [files[i] for i in order[:n_fit]], [files[i] for i in order[n_fit : n_fit + n_held]]
+    for sub in ("train/good", "test/good", "test/synthetic", "ground_truth/synthetic"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for p in fit:
+        (out / "train" / "good" / p.name).symlink_to(p.resolve())
+    textures = list(texture_source().values())
+    good, defect = held[: n_held // 2], held[n_held // 2 :]
+    for p in good:
+        (out / "test" / "good" / p.name).symlink_to(p.resolve())
+    for i, p in enumerate(defect):
+        frame = decode_file(p)  # BGR, as OpenCV writes it back
+        image, mask = paint(frame, "blob" if i % 2 == 0 else "scratch", rng, textures)
+        cv2.imwrite(str(out / "test" / "synthetic" / f"{i:03d}.png"), image)
+        cv2.imwrite(
+            str(out / "ground_truth" / "synthetic" / f"{i:03d}_mask.png"), (mask * 255).astype(np.uint8)
+        )
+    return {"fit": len(fit), "good": len(good), "synthetic": len(defect)}
+
+
+def fit(data: Path, task: str, run: Path, flags: list[str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "trainer.cli", "fit", "--data", f"mvtec:{data}", "--tasks", task]
+    cmd += ["--out", str(run), "--no-progress", "--no-report", *flags]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    m = json.loads((run / "metrics.json").read_text())
+    return {
+        "image_auroc": m["final"]["image_auroc"],
+        "aupro": m["final"].get("aupro"),
+        "geometry": m.get("geometry"),
+        "fit_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devset", type=Path, default=ROOT.parent / "shared" / "devset")
+    p.add_argument("--work", type=Path, default=Path("/tmp/linewatch-geometry-validation"))
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--fit", type=int, default=30, help="training images fitted per task")
+    p.add_argument(
+        "--held-out", type=int, default=24, help="held-out training images: half good, half painted"
+    )
+    p.add_argument("--candidates", default=",".join(CANDIDATES))
+    p.add_argument("--seed", type=int, default=7)
+    args = p.parse_args(argv)
+    if not args.devset.is_dir():
+        print(f"skipped: no dev set at {args.devset}")
+        return 0
+    result: dict[str, Any] = {"fit": args.fit, "held_out": args.held_out, "tasks": {}}
+    for root, task in TASKS:
+        data = args.work / root
+        if not (data / task).is_dir():
+            counts = build_task(args.devset / root / task, data / task, args.fit, args.held_out, args.seed)
+            print(f"{task}: {counts}", flush=True)
+        for name in args.candidates.split(","):
+            res = fit(data, task, args.work / "runs" / f"{task}-{name}", CANDIDATES[name])
+            result["tasks"].setdefault(task, {})[name] = res
+            print(
+                f"  {task} {name}: image AUROC {res['image_auroc']:.3f} AU-PRO {res['aupro']} ({res['fit_s']} s)"
+            )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "geometry_validation.json").write_text(json.dumps(result, indent=2))
+    names = args.candidates.split(",")
+    lines = ["| task | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for task, by in result["tasks"].items():
+        lines.append(f"| {task} | " + " | ".join(f"{by[n]['image_auroc']:.3f}" for n in names) + " |")
+    (args.out / "geometry_validation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
