@@ -81,6 +81,8 @@ class BundleInfo:
     golden_source: str = "caller"
     # How frames become model inputs (contract/geometry.py): None = resize, the original behaviour.
     geometry: dict[str, Any] | None = None
+    # (H, W) of the tasks' camera frames where known: sizes the batch when frames keep their own size.
+    frame_sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -219,7 +221,8 @@ def _tiles_per_frame(info: BundleInfo, input_hw: tuple[int, int]) -> int:
     """Model inputs per frame of the known size (1 for resize/letterbox): one frame is one batch."""
     try:
         geometry = Geometry.from_dict(info.geometry, tuple(input_hw))
-        tiles = geometry.tiles_per_frame()
+        tiles = max([geometry.tiles_per_frame(hw) or 1 for hw in info.frame_sizes], default=0)
+        tiles = max(tiles, geometry.tiles_per_frame() or 1)
     except ValueError as e:
         raise ExportError(f"bad geometry {info.geometry}: {e}") from e
     if geometry.tile_hw != tuple(input_hw):

@@ -64,7 +64,7 @@ def golden_from_data(
     (or its letterboxed picture). Returns (frames or None, image counts per task) — the counts
     go into provenance.
     """
-    from trainer.data import read_images
+    from trainer.data import image_size, read_images
 
     counts: dict[str, Any] = {}
     per_task: list[list[Path]] = []
@@ -73,9 +73,16 @@ def golden_from_data(
         split = _task_samples(spec, task) if spec else None
         if split is None:
             continue
+        if split.test:
+            counts[task] = {"frame_size": list(image_size(split.test[0].path))}
         good = [s for s in split.test if s.label == 0]
         bad = [s for s in split.test if s.label == 1]
-        counts[task] = {"train": len(split.train), "test_good": len(good), "test_defect": len(bad)}
+        counts[task] = {
+            **counts.get(task, {}),
+            "train": len(split.train),
+            "test_good": len(good),
+            "test_defect": len(bad),
+        }
         per_task.append([s.path for s in (bad[:1] + good[:1])])
     picks: list[Path] = []
     for rank in range(2):
@@ -157,5 +164,7 @@ def load_run_for_export(
         metrics=_metrics(run_dir),
         golden_source=golden_source,
         geometry=geometry,
+        # Frames keep their own size under `auto`: the batch must hold every tile of the largest.
+        frame_sizes=[tuple(c["frame_size"]) for c in counts.values() if "frame_size" in c],
     )
     return RunExport(graph, info, frames)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import export.bundle_writer as bw
+from contract.geometry import Geometry
 from edge.bundle import check_golden, open_bundle, sha256_file
 from edge.signing import load_key
 from export.onnx_export import ExportError
@@ -219,3 +220,13 @@ def test_bank_only_refused_when_the_graph_changed(registry: Path) -> None:
 def test_bank_only_needs_a_base(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="needs a base bundle"):
         write_toy_bundle(tmp_path / "toy-v2", bank_only=True)
+
+
+def test_batch_holds_every_tile_of_the_largest_known_frame() -> None:
+    """Under `auto` frames keep their own size, so the tasks' frame sizes size the batch (one call a frame)."""
+    geometry = {"mode": "tile", "tile": [64, 64], "overlap": 8, "scale": 1.0, "margin": 4, "context": True}
+    info = bw.BundleInfo(name="t", method="toy", tasks=["a", "b"], geometry=geometry)
+    assert bw._tiles_per_frame(info, (64, 64)) == 1  # no frame size known: tiles are counted per frame
+    info.frame_sizes = [(100, 180), (300, 120)]
+    sizes = [Geometry.from_dict(geometry).tiles_per_frame(hw) for hw in info.frame_sizes]
+    assert bw._tiles_per_frame(info, (64, 64)) == max(sizes) > 1
