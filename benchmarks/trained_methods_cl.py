@@ -34,7 +34,7 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_aupr")
 
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    train = metrics["calibration"]["main"].get("training", [])
+    train = metrics["method_metadata"]["main"].get("training", [])
     return {
         "final": {k: metrics["final"][k] for k in KEYS if k in metrics["final"]},
         "forgetting": {k: metrics["forgetting"][k] for k in KEYS if k in metrics["forgetting"]},
@@ -44,7 +44,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
         "steps_per_task": [t["steps"] for t in train],
         "stopped_early": [t["stopped_early"] for t in train],
         "replay_buffer": metrics.get("replay_buffer"),
-        "teacher": metrics["calibration"]["main"].get("teacher"),
+        "teacher": metrics["method_metadata"]["main"].get("teacher"),
     }
 
 

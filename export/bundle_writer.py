@@ -76,6 +76,8 @@ class BundleInfo:
     strategy: str | None = None
     backbone: str | None = None
     calibration: dict[str, Any] = field(default_factory=dict)
+    # What the method records about itself (teacher, replay buffer, training): not calibration.
+    method_metadata: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
     golden_source: str = "caller"
@@ -419,6 +421,7 @@ def _build(
         strategy=info.strategy,
         backbone=info.backbone,
         calibration=info.calibration,
+        method_metadata=info.method_metadata,
         provenance=provenance,
         metrics=info.metrics,
         refit=refit,

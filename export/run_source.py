@@ -151,8 +151,8 @@ def load_run_for_export(
         strategy=cfg.strategy,
         backbone=cfg.backbone,
         tasks=tasks,
-        # The manifest's readers find the method's metadata (teacher, replay buffer) beside the calibration.
-        calibration={**graph.calibration, **graph.metadata},
+        calibration=dict(graph.calibration),
+        method_metadata=dict(graph.metadata),
         provenance={
             "run_dir": str(run_dir),
             "data": {t: sources.get(t) for t in tasks},

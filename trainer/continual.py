@@ -206,12 +206,14 @@ def build_metrics(
         "timings": history["timings"],
         "relearned": history.get("relearned", []),
         "pooled": history.get("pooled", {}),
-        # Readers find the method's metadata (replay_buffer, training, teacher) beside its calibration.
-        "calibration": {k: {**m.calibration_meta(), **m.metadata()} for k, m in learner.methods.items()},
+        # How scores were normalised, and, in a field of its own, what the method records about itself
+        # (replay_buffer, training, teacher): per model (`main`, or a task under `single`).
+        "calibration": {k: m.calibration_meta() for k, m in learner.methods.items()},
+        "method_metadata": {k: m.metadata() for k, m in learner.methods.items()},
         "geometry": learner.cfg.geometry_manifest(),
         "config": learner.cfg.model_dump(mode="json"),
     }
-    buffers = {k: c["replay_buffer"] for k, c in out["calibration"].items() if "replay_buffer" in c}
+    buffers = {k: c["replay_buffer"] for k, c in out["method_metadata"].items() if "replay_buffer" in c}
     if buffers:  # what replay costs (images, bytes on disk), where a reader of the run looks first
         out["replay_buffer"] = buffers["main"] if list(buffers) == ["main"] else buffers
     tia = history["task_inference"]

@@ -66,11 +66,13 @@ def test_export_passes_the_static_tensorrt_checks(exported, method: str) -> None
     }
     assert (m["method"], m["strategy"], m["tasks"]) == (method, "replay", list(TASKS))
     assert [d["name"] for d in m["data_inputs"]] == DATA_INPUTS[method]
-    assert m["calibration"]["replay_buffer"]["images"] > 0
+    assert m["method_metadata"]["replay_buffer"]["images"] > 0
     # Retrained on every refresh: engines are built refittable, keyed by the weight-free structure.
     assert m["refit"] == {"refittable": True, "structure_sha256": structure_sha256(bundle.onnx_path)}
     if method == "efficientad":
-        assert m["calibration"]["teacher"]["sha256"] and len(m["calibration"]["map_quantiles"]["local"]) == 2
+        assert (
+            m["method_metadata"]["teacher"]["sha256"] and len(m["calibration"]["map_quantiles"]["local"]) == 2
+        )
     assert m["export"]["golden_parity"]["ok"] and m["golden"]["source"].startswith("test images")
     assert bundle.signature_verified
 

@@ -22,7 +22,7 @@ def test_teacher_provenance_is_recorded(runs) -> None:
 
     (by_strategy, kit) = runs
     run_dir, metrics = by_strategy["replay"]
-    teacher = metrics["calibration"]["main"]["teacher"]
+    teacher = metrics["method_metadata"]["main"]["teacher"]
     assert teacher["sha256"] == file_sha256(kit.teacher()) and teacher["file"] == str(kit.teacher())
     assert "not the published" in teacher["note"]
     state = json.loads((run_dir / "state" / "main.json").read_text())

@@ -56,8 +56,8 @@ def test_replay_beats_naive_on_final_auroc_and_forgetting(runs, method: str) -> 
 
 def test_metrics_report_the_buffer_honestly(runs) -> None:
     (by_strategy, _) = runs
-    replay = by_strategy["replay"][1]["calibration"]["main"]
-    naive = by_strategy["naive"][1]["calibration"]["main"]
+    replay = by_strategy["replay"][1]["method_metadata"]["main"]
+    naive = by_strategy["naive"][1]["method_metadata"]["main"]
     buf = by_strategy["replay"][1]["replay_buffer"]  # a top-level key of metrics.json
     assert buf == replay["replay_buffer"]
     assert buf["capacity"] == REPLAY_SIZE and buf["images"] == REPLAY_SIZE
