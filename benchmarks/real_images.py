@@ -236,6 +236,19 @@ def markdown(result: dict[str, Any]) -> str:
                     f"{e['ms_chosen']['p99']} | {e['ms_resize_256']['median']} / {e['ms_resize_256']['p99']} | "
                     f"{e['ratio_median']} |"
                 )
+    by_variant = result.get("edge_by_variant", {})
+    if by_variant:
+        lines += [
+            "",
+            "Trade-off per variant (final image AUROC of the continual run; edge ms/frame median):",
+            "",
+        ]
+        lines += ["| variant | " + " | ".join(f"{t} AUROC / ms" for t in tasks) + " | bundle MB |"]
+        lines += ["|---" * (len(tasks) + 2) + "|"]
+        for name, e in by_variant.items():
+            last = result.get("continual", {}).get(name, {}).get("final_by_task", {}).get("image_auroc", {})
+            cells = [f"{_fmt(last.get(t))} / {e[t]['ms_chosen']['median']}" if t in e else "-" for t in tasks]
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {e.get('bundle_mb')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -291,12 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     if "alone" in parts:
         result["alone"] = alone(args.devset, work)
         save()
-    if "edge" in parts:
-        run = work / "continual-default"
-        if not (run / "metrics.json").exists():
-            continual(args.devset, work, "default")
-        result["edge"] = edge_cost(args.devset, run, work, args.edge_frames, args.threads)
-        save()
+    if "edge" in parts:  # every variant's bundle: accuracy vs ms/frame vs size, side by side
+        result["edge_by_variant"] = {}
+        for variant in args.variants.split(","):
+            run = work / f"continual-{variant}"
+            if not (run / "metrics.json").exists():
+                result.setdefault("continual", {})[variant] = continual(args.devset, work, variant)
+            cost = edge_cost(args.devset, run, work, args.edge_frames, args.threads)
+            result["edge_by_variant"][variant] = cost
+            if variant == "default":
+                result["edge"] = cost
+            save()
     if "anomalib" in parts:
         weights = args.peer_weights.split(",")
         result["anomalib"] = peers(args.devset, work, args.peer_venv, weights, ["patchcore", "padim"])
