@@ -153,11 +153,11 @@ def run_sequential(bundle_path: Path, video: Path, url: str, threads: int) -> di
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge import payloads
-    from edge.backends import select_backend
-    from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.postprocess import find_regions, overlay_jpeg
+    from edge.inference.backends import select_backend
+    from edge.inference.postprocess import find_regions, overlay_jpeg
+    from edge.model.bundle import open_bundle
+    from edge.publish import payloads
 
     bundle = open_bundle(bundle_path)
     backend = select_backend(bundle, BackendConfig(order=["ort-cpu"], threads=threads)).backend
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             broker = LocalBroker(work / "mosquitto").start()
             url = broker.url
-        from edge.bundle import open_bundle
+        from edge.model.bundle import open_bundle
 
         b = open_bundle(bundle)
         results = {}

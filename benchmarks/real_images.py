@@ -11,7 +11,7 @@ What runs, all in this one process tree so the figures sit side by side:
    ``--geometry resize`` shows what squeezing costs, ``--backbone`` the Lite1/Lite2 trade-off);
 2. **alone**: each task fitted alone with the same defaults;
 3. **edge**: the continual run exported by ``linewatch-export`` and scored by the edge's own
-   scorer (``edge/tiling.py``, onnxruntime CPU) on native-resolution test frames: ms per frame at
+   scorer (``edge/inference/frame_scorer.py``, onnxruntime CPU) on native-resolution test frames: ms per frame at
    the chosen geometry beside the same graph at a 256-px resize (the price of accuracy), bundle MB;
 4. **anomalib**: PatchCore and PaDiM, one model per task, in their own venv
    (``benchmarks/anomalib_peer``), with our Lite0 weights and with anomalib's defaults; their raw
@@ -116,10 +116,10 @@ def edge_cost(devset: Path, run: Path, work: Path, frames_per_task: int, threads
     """Export the run, then time the edge's scorer at the bundle's geometry and at a 256-px resize."""
     from contract.frames import decode_file
     from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.tiling import FrameScorer
+    from edge.inference.backends.onnxruntime import OrtBackend
+    from edge.inference.frame_scorer import FrameScorer
+    from edge.model.bundle import open_bundle
 
     bundle_dir = work / f"bundle-{run.name}"
     done = subprocess.run(

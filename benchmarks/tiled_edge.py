@@ -1,7 +1,7 @@
 """Tiled inspection on the edge: what a 2048x1536 frame costs as the tile count grows.
 
 For PatchCore and PaDiM (fitted here on small generated frames with the tile geometry, exported by
-the real exporter with ``max_batch`` = 48), the edge's own whole-frame scorer (``edge/tiling.py``:
+the real exporter with ``max_batch`` = 48), the edge's own whole-frame scorer (``edge/inference/frame_scorer.py``:
 cut into a reused buffer, one onnxruntime batch, stitch at frame resolution) scores generated
 2048x1536 BGR frames under several geometries of the same graph:
 
@@ -109,10 +109,10 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 def measure(bundle_dir: Path, frames: list[np.ndarray], n: int, threads: int) -> dict[str, Any]:
     from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.tiling import FrameScorer
+    from edge.inference.backends.onnxruntime import OrtBackend
+    from edge.inference.frame_scorer import FrameScorer
+    from edge.model.bundle import open_bundle
 
     bundle = open_bundle(bundle_dir)
     backend = OrtBackend(bundle, "ort-cpu", BackendConfig(threads=threads))

@@ -17,10 +17,10 @@ from typing import Any
 
 import jsonschema
 
-from edge import payloads
-from edge.logs import RepeatLimiter
-from edge.mqtt import response_properties
-from edge.postprocess import frame_jpeg, overlay_jpeg
+from edge.inference.postprocess import frame_jpeg, overlay_jpeg
+from edge.observability.logs import RepeatLimiter
+from edge.publish import payloads
+from edge.publish.mqtt import response_properties
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log

@@ -1,6 +1,6 @@
 """Write a model bundle: ONNX graph, data arrays, golden samples, manifest, signature, engines.
 
-Why this shape (see DESIGN.md "The model bundle" and `edge/bundle.py`):
+Why this shape (see DESIGN.md "The model bundle" and `edge/model/bundle.py`):
 
 - Atomic: everything is written into a temp directory beside the target, verified
   with the edge's own `open_bundle`, and only then renamed into place. A box or a
@@ -51,8 +51,8 @@ from contract.manifest import (
     write_manifest,
 )
 from contract.store import bundles_in, versions_of
-from edge import signing
-from edge.bundle import Bundle, open_bundle
+from edge.model import signing
+from edge.model.bundle import Bundle, open_bundle
 from export.checks import CheckLimits, StaticReport, run_static_checks
 from export.graph_structure import structure_sha256
 from export.onnx_export import ExportError, OnnxExport, export_onnx
@@ -289,7 +289,7 @@ def write_bundle(
             log.info("bank-only refresh reuses the base bundle's engines; --tensorrt ignored")
             tensorrt = False
     if tensorrt:  # fail before minutes of export, not after
-        from edge import trt_build
+        from edge.model import trt_build
 
         ok, reason = trt_build.tensorrt_available()
         if not ok:
@@ -445,7 +445,7 @@ def _build_engines(
     refit: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Build one plan per precision, check each on the golden frames, return manifest entries."""
-    from edge import trt_build
+    from edge.model import trt_build
 
     ok, reason = trt_build.tensorrt_available()
     if not ok:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _keygen(argv: Sequence[str]) -> int:
-    from edge import signing
+    from edge.model import signing
 
     p = argparse.ArgumentParser(prog="linewatch-export keygen", description="Create a signing key.")
     p.add_argument("--out", required=True, type=Path, help="key directory")
@@ -97,8 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("linewatch-export: --max-batch must be >= 1 and --golden in 1..8", file=sys.stderr)
         return 2
 
-    from edge.bundle import BundleError
-    from edge.signing import SignatureError
+    from edge.model.bundle import BundleError
+    from edge.model.signing import SignatureError
     from export.bundle_writer import write_bundle
     from export.checks import CheckLimits
     from export.onnx_export import ExportError

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from contract.graph_io import FRAMES, OUTPUT_NAMES
-from edge.bundle import GoldenReport
+from edge.model.bundle import GoldenReport
 from trainer.methods.base import ScoringGraph
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # maps (N,H,W), scores (N,), tasks (N,)

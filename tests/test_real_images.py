@@ -130,8 +130,8 @@ def test_the_edge_scores_native_frames_exactly_as_the_trainer(
     mqtt_recorder: Any,
     tmp_path: Path,
 ) -> None:
-    from edge import payloads
     from edge.config import load_config
+    from edge.publish import payloads
     from edge.runtime import EdgeRuntime
     from trainer import metrics as M
     from trainer.data import load_task, read_images

@@ -7,7 +7,7 @@ overlap, 32 px mirrored margin). Then:
 1. the tiled model finds the defects the resize model misses (image AUROC side by side, metrics on
    full-resolution masks and stitched full-frame maps);
 2. the tiled run exports a bundle whose manifest carries the geometry and a max_batch that holds a
-   frame's tiles; the edge (onnxruntime, edge/tiling.py) gives the trainer's stitched map and score on
+   frame's tiles; the edge (onnxruntime, edge/inference/frame_scorer.py) gives the trainer's stitched map and score on
    the same frame, and its regions, in full-frame pixels, land on the true defects;
 3. a 2048x1536 video of the same part runs through the edge with a real mosquitto broker.
 
@@ -137,11 +137,11 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
     import cv2
 
     from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
     from edge.config import BackendConfig
-    from edge.postprocess import find_regions
-    from edge.tiling import FrameScorer
+    from edge.inference.backends.onnxruntime import OrtBackend
+    from edge.inference.frame_scorer import FrameScorer
+    from edge.inference.postprocess import find_regions
+    from edge.model.bundle import open_bundle
     from trainer.data.synth import bbox_of
     from trainer.runs import load_run
 
@@ -184,8 +184,8 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 def test_a_2048x1536_stream_runs_through_the_edge_with_a_real_broker(
     bundle: Path, mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path
 ) -> None:
-    from edge import payloads
     from edge.config import load_config
+    from edge.publish import payloads
     from edge.runtime import EdgeRuntime
     from trainer.data.generate import generate_video
 

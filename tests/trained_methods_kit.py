@@ -148,7 +148,7 @@ class TrainedKit:
     def keys(self) -> tuple[Path, Path]:
         """(private, public) Ed25519 signing keys."""
         if self._keys is None:
-            from edge.signing import generate_keypair
+            from edge.model.signing import generate_keypair
 
             self._keys = generate_keypair(self.base / "keys")
         return self._keys

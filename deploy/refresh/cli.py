@@ -21,11 +21,11 @@ from types import FrameType
 from deploy.refresh.codes import Exit
 from deploy.refresh.config import ConfigError, RefreshConfig, load_config, preflight
 from deploy.refresh.lock import LockBusy, RefreshLock
-from deploy.refresh.pipeline import new_run_id, run_refresh
 from deploy.refresh.publish import StoreError, open_store
 from deploy.refresh.rollback import choose_target, rollback_to
 from deploy.refresh.runlog import RunRecord, append_record, utc_now
 from deploy.refresh.status import collect_status, format_status
+from deploy.refresh.steps import new_run_id, run_refresh
 
 __all__ = ["build_parser", "main"]
 

@@ -18,9 +18,9 @@ def test_every_part_names_the_same_config_error() -> None:
 
 def test_every_part_names_the_same_bundle_error() -> None:
     import deploy.refresh.publish
-    import edge.bundle
+    import edge.model.bundle
 
-    assert edge.bundle.BundleError is deploy.refresh.publish.BundleError is BundleError
+    assert edge.model.bundle.BundleError is deploy.refresh.publish.BundleError is BundleError
 
 
 def test_bundle_error_names_its_check_and_path() -> None:

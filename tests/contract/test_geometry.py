@@ -25,11 +25,16 @@ GEOMETRIES = [
 
 def test_trainer_and_edge_use_the_one_geometry_module() -> None:
     # One implementation, so the edge cuts and stitches exactly as training did: no copies to drift.
-    import edge.tiling
+    import edge.inference.frame_scorer
     import trainer.learner
     import trainer.methods.common
 
-    assert edge.tiling.Geometry is trainer.learner.Geometry is trainer.methods.common.Geometry is Geometry
+    assert (
+        edge.inference.frame_scorer.Geometry
+        is trainer.learner.Geometry
+        is trainer.methods.common.Geometry
+        is Geometry
+    )
     assert not (ROOT / "trainer/geometry.py").exists() and not (ROOT / "edge/geometry.py").exists()
 
 

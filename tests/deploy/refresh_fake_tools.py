@@ -169,7 +169,7 @@ def edge_verify(o: argparse.Namespace, plan: dict) -> int:
             print(f"{name}: hash mismatch", file=sys.stderr)
             return 1
     info = manifest.get("bank_only")
-    if info:  # like edge.bundle: the base must be a published sibling of the bundle
+    if info:  # like edge.model.bundle: the base must be a published sibling of the bundle
         bases = [m for m in _manifests(bundle.parent) if m["model"]["version"] == info["base_version"]]
         if not bases or bases[0]["files"].get("model.onnx") != info["graph_sha256"]:
             print(f"refresh needs base bundle v{info['base_version']}; none found beside it", file=sys.stderr)

@@ -131,7 +131,7 @@ class Line:
         """The verdict on `image` once the edge runs the model its status reports.
 
         The edge's inference thread takes the live model *before* it waits for frames
-        (edge/pipeline.py, InferenceWorker._run), so on an idle line the first frame after
+        (edge/frame_path.py, InferenceWorker._run), so on an idle line the first frame after
         a swap is still scored by the previous model. Prime with one frame first.
         """
         self.score_one(image)

@@ -23,7 +23,7 @@ import polling
 
 from contract import manifest as mf
 from contract.store import point_current
-from edge import signing
+from edge.model import signing
 
 FRAME_WH = (160, 120)  # camera frames (w, h)
 MODEL_HW = (64, 64)  # model input (h, w)

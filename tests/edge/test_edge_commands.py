@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import payloads
 from edge.commands import CommandError, parse_command
+from edge.publish import payloads
 from edge.runtime import EdgeRuntime
 
 ROOT = "linewatch/site/line/station/cam0"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.signing import generate_keypair
+from edge.model.signing import generate_keypair
 from export.toy import toy_scoring_graph
 
 TASKS = ("brick", "gravel")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import open_bundle
-from edge.trt_build import tensorrt_available
+from edge.model.bundle import open_bundle
+from edge.model.trt_build import tensorrt_available
 from export.cli import main
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle
+from edge.model.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle
 from export.bundle_writer import write_bundle
 from export.parity import compare, ort_infer, ort_session, torch_infer
 from export.run_source import load_run_for_export

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from trained_methods_kit import HW, TASKS, get_kit
 
-from edge.bundle import check_golden, open_bundle
+from edge.model.bundle import check_golden, open_bundle
 from export.checks import run_static_checks
 from export.graph_structure import structure_sha256
 from export.parity import compare, ort_infer, ort_session, torch_infer

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import open_bundle, sha256_file
+from edge.model.bundle import open_bundle, sha256_file
 from export.graph_structure import structure_sha256
 from export.onnx_export import export_onnx
 from export.toy import toy_scoring_graph, write_toy_bundle

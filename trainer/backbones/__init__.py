@@ -53,7 +53,9 @@ def _lite_weights(variant: int) -> Callable[[], dict[str, torch.Tensor]]:
         source = torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
         target = timm.create_model(name, pretrained=False).state_dict()
         if len(source) != len(target):
-            raise BackboneWeightsError(f"{package} has {len(source)} tensors, timm's {name} expects {len(target)}")
+            raise BackboneWeightsError(
+                f"{package} has {len(source)} tensors, timm's {name} expects {len(target)}"
+            )
         mapped = {}
         for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
             if tensor.shape != ref.shape:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from trainer.data.defects import DEFECT_TYPES
-from trainer.data.sources import available_sources
+from trainer.data.source_photos import available_sources
 from trainer.data.synth import SizeLike, as_size_wh, check_defect_types, check_tasks, render_part
 from trainer.data.video import (
     FrameTruth,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from trainer.data.defects import DEFECT_TYPES, apply_defect
-from trainer.data.sources import SOURCES, render_view
+from trainer.data.source_photos import SOURCES, render_view
 
 SizeLike = int | tuple[int, int]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from trainer.data.defects import DEFECT_TYPES, apply_defect
-from trainer.data.sources import render_view
+from trainer.data.source_photos import render_view
 from trainer.data.synth import bbox_of
 
 

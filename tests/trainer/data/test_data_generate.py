@@ -11,7 +11,7 @@ import pytest
 
 from trainer.data.defects import DEFECT_TYPES
 from trainer.data.generate import TEST_DEFECT, available_sources, generate_dataset, main
-from trainer.data.sources import load_source, render_view
+from trainer.data.source_photos import load_source, render_view
 from trainer.data.synth import render_part, rng_for
 
 
