@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from contract.errors import BundleError
-from contract.geometry import Geometry
-from contract.graph_io import OUTPUT_DTYPES, output_shapes
+from linewatch.contract.errors import BundleError
+from linewatch.contract.geometry import Geometry
+from linewatch.contract.graph_io import OUTPUT_DTYPES, output_shapes
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.capture.camera import Camera, Summary
-from edge.capture.frame_sources import Frame
-from edge.capture.queues import BoundedQueue, Closed
-from edge.config import EdgeConfig
-from edge.inference.frame_scorer import FrameScorer
-from edge.inference.postprocess import find_regions, overlay_jpeg
-from edge.model.manager import LoadedModel, ModelManager
-from edge.observability.logs import RepeatLimiter
-from edge.observability.telemetry import Telemetry
-from edge.publish import payloads
-from edge.publish.outbox import Outbox
+from linewatch.edge.capture.camera import Camera, Summary
+from linewatch.edge.capture.frame_sources import Frame
+from linewatch.edge.capture.queues import BoundedQueue, Closed
+from linewatch.edge.config import EdgeConfig
+from linewatch.edge.inference.frame_scorer import FrameScorer
+from linewatch.edge.inference.postprocess import find_regions, overlay_jpeg
+from linewatch.edge.model.manager import LoadedModel, ModelManager
+from linewatch.edge.observability.logs import RepeatLimiter
+from linewatch.edge.observability.telemetry import Telemetry
+from linewatch.edge.publish import payloads
+from linewatch.edge.publish.outbox import Outbox
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # per-frame failures: the first, then one summary per period

@@ -23,19 +23,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge.capture.camera import Camera
-from edge.capture.queues import BoundedQueue
-from edge.commands import CommandHandler
-from edge.config import EdgeConfig
-from edge.frame_path import InferenceWorker, PostprocessWorker, Scored
-from edge.model.manager import LoadedModel, ModelManager
-from edge.observability import sdnotify
-from edge.observability.logs import RepeatLimiter
-from edge.observability.stats import STAGES
-from edge.observability.telemetry import MetricsServer, Telemetry
-from edge.publish import payloads
-from edge.publish.mqtt import MqttLink
-from edge.publish.outbox import Outbox
+from linewatch.edge.capture.camera import Camera
+from linewatch.edge.capture.queues import BoundedQueue
+from linewatch.edge.commands import CommandHandler
+from linewatch.edge.config import EdgeConfig
+from linewatch.edge.frame_path import InferenceWorker, PostprocessWorker, Scored
+from linewatch.edge.model.manager import LoadedModel, ModelManager
+from linewatch.edge.observability import sdnotify
+from linewatch.edge.observability.logs import RepeatLimiter
+from linewatch.edge.observability.stats import STAGES
+from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
+from linewatch.edge.publish import payloads
+from linewatch.edge.publish.mqtt import MqttLink
+from linewatch.edge.publish.outbox import Outbox
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)

@@ -51,7 +51,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("large")
     generate_dataset(
@@ -62,8 +62,8 @@ def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(data: Path, out: Path, geometry: dict[str, Any]) -> dict[str, Any]:
-    from trainer.config import TrainConfig
-    from trainer.continual import fit
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.continual import fit
 
     cfg = TrainConfig(
         method="patchcore", image_size=(256, 256), progress=False, report=False, min_val=2,
@@ -83,8 +83,8 @@ def runs(large_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def bundle(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.bundle_writer import write_bundle
-    from export.run_source import load_run_for_export
+    from linewatch.export.bundle_writer import write_bundle
+    from linewatch.export.run_source import load_run_for_export
 
     run = load_run_for_export(runs["tile"][0])
     out = tmp_path_factory.mktemp("store") / "patchcore-v1"
@@ -93,8 +93,8 @@ def bundle(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generated_defects_are_3_to_15_px(large_data: Path) -> None:
-    from trainer.data import imread_mask, load_task
-    from trainer.data.synth import bbox_of
+    from linewatch.trainer.data import imread_mask, load_task
+    from linewatch.trainer.data.synth import bbox_of
 
     split = load_task(f"mvtec:{large_data}", TASK)
     masks = [imread_mask(s.mask_path) for s in split.test if s.label == 1]
@@ -122,7 +122,7 @@ def test_tiled_model_finds_the_small_defects_the_resize_model_misses(runs: dict)
 
 
 def _test_frames(large_data: Path) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    from trainer.data import load_task, read_images, read_masks
+    from linewatch.trainer.data import load_task, read_images, read_masks
 
     split = load_task(f"mvtec:{large_data}", TASK)
     hw = (FRAME_WH[1], FRAME_WH[0])
@@ -136,14 +136,14 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 ) -> None:
     import cv2
 
-    from contract.geometry import Geometry
-    from edge.config import BackendConfig
-    from edge.inference.backends.onnxruntime import OrtBackend
-    from edge.inference.frame_scorer import FrameScorer
-    from edge.inference.postprocess import find_regions
-    from edge.model.bundle import open_bundle
-    from trainer.data.synth import bbox_of
-    from trainer.runs import load_run
+    from linewatch.contract.geometry import Geometry
+    from linewatch.edge.config import BackendConfig
+    from linewatch.edge.inference.backends.onnxruntime import OrtBackend
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+    from linewatch.edge.inference.postprocess import find_regions
+    from linewatch.edge.model.bundle import open_bundle
+    from linewatch.trainer.data.synth import bbox_of
+    from linewatch.trainer.runs import load_run
 
     b = open_bundle(bundle)
     learner, _ = load_run(runs["tile"][0])
@@ -184,10 +184,10 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 def test_a_2048x1536_stream_runs_through_the_edge_with_a_real_broker(
     bundle: Path, mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path
 ) -> None:
-    from edge.config import load_config
-    from edge.publish import payloads
-    from edge.runtime import EdgeRuntime
-    from trainer.data.generate import generate_video
+    from linewatch.edge.config import load_config
+    from linewatch.edge.publish import payloads
+    from linewatch.edge.runtime import EdgeRuntime
+    from linewatch.trainer.data.generate import generate_video
 
     video = tmp_path / "line.avi"
     # Frames are brought to the bundle's frame size (1024x768) and tiled; maps and regions come back in

@@ -22,14 +22,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.refresh.codes import Exit
-from deploy.refresh.config import RefreshConfig
-from deploy.refresh.confirm import wait_for_version
-from deploy.refresh.drop import DropScan, apply_drop, read_journal, scan_drop, undo_drop
-from deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
-from deploy.refresh.gate import decide, read_eval
-from deploy.refresh.lock import LockBusy, RefreshLock
-from deploy.refresh.publish import (
+from linewatch.deploy.refresh.codes import Exit
+from linewatch.deploy.refresh.config import RefreshConfig
+from linewatch.deploy.refresh.confirm import wait_for_version
+from linewatch.deploy.refresh.drop import DropScan, apply_drop, read_journal, scan_drop, undo_drop
+from linewatch.deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
+from linewatch.deploy.refresh.gate import decide, read_eval
+from linewatch.deploy.refresh.lock import LockBusy, RefreshLock
+from linewatch.deploy.refresh.publish import (
     BundleError,
     LocalStore,
     PublishResult,
@@ -38,9 +38,16 @@ from deploy.refresh.publish import (
     open_store,
     read_identity,
 )
-from deploy.refresh.rollback import rollback_to
-from deploy.refresh.runlog import RunRecord, append_record, utc_now
-from deploy.refresh.tools import StepError, evaluate, export_bundle, read_run_info, train_update, verify
+from linewatch.deploy.refresh.rollback import rollback_to
+from linewatch.deploy.refresh.runlog import RunRecord, append_record, utc_now
+from linewatch.deploy.refresh.tools import (
+    StepError,
+    evaluate,
+    export_bundle,
+    read_run_info,
+    train_update,
+    verify,
+)
 
 __all__ = ["backup_path", "new_run_id", "run_refresh", "workspace_prefix"]
 

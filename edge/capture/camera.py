@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge.capture.frame_sources import CameraSource, Frame
-from edge.capture.queues import BoundedQueue
-from edge.config import EdgeConfig
-from edge.publish.outbox import FrameIds, Outbox, OutboxError
+from linewatch.edge.capture.frame_sources import CameraSource, Frame
+from linewatch.edge.capture.queues import BoundedQueue
+from linewatch.edge.config import EdgeConfig
+from linewatch.edge.publish.outbox import FrameIds, Outbox, OutboxError
 
 if TYPE_CHECKING:  # the link imports paho; the record only holds it
-    from edge.publish.mqtt import MqttLink
+    from linewatch.edge.publish.mqtt import MqttLink
 
 
 @dataclass

@@ -40,9 +40,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from contract.frames import decode_file
-from edge.config import CameraConfig
-from edge.observability.logs import RepeatLimiter
+from linewatch.contract.frames import decode_file
+from linewatch.edge.config import CameraConfig
+from linewatch.edge.observability.logs import RepeatLimiter
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)

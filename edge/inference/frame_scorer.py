@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.geometry import Geometry, combine_tasks
+from linewatch.contract.geometry import Geometry, combine_tasks
 
 log = logging.getLogger(__name__)
 

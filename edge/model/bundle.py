@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.bundle_tar import extract_tar
-from contract.errors import BundleError
-from contract.geometry import Geometry
-from contract.manifest import (
+from linewatch.contract.bundle_tar import extract_tar
+from linewatch.contract.errors import BundleError
+from linewatch.contract.geometry import Geometry
+from linewatch.contract.manifest import (
     GOLDEN_DIR,
     MANIFEST_NAME,
     MODEL_NAME,
@@ -61,8 +61,8 @@ from contract.manifest import (
     read_manifest,
     sha256_file,
 )
-from contract.store import bundles_in
-from edge.model import signing
+from linewatch.contract.store import bundles_in
+from linewatch.edge.model import signing
 
 # Re-exported: the exporter, the CLI and the tests import these names from here.
 __all__ = [

@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.store import CURRENT, is_hidden, is_store, store_target
-from edge.config import EdgeConfig
-from edge.inference.backends import Backend, select_backend
-from edge.model.bundle import Bundle, BundleError, GoldenReport, open_bundle
+from linewatch.contract.store import CURRENT, is_hidden, is_store, store_target
+from linewatch.edge.config import EdgeConfig
+from linewatch.edge.inference.backends import Backend, select_backend
+from linewatch.edge.model.bundle import Bundle, BundleError, GoldenReport, open_bundle
 
 log = logging.getLogger(__name__)
 

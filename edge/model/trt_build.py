@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.graph_io import FRAMES
-from contract.manifest import sha256_file
-from contract.store import engine_cache_dir
-from edge.model.trt_plans import (
+from linewatch.contract.graph_io import FRAMES
+from linewatch.contract.manifest import sha256_file
+from linewatch.contract.store import engine_cache_dir
+from linewatch.edge.model.trt_plans import (
     PRECISIONS,
     RuntimeInfo,
     atomic_write,

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.manifest import sha256_file
+from linewatch.contract.manifest import sha256_file
 
 PRECISIONS = ("fp32", "fp16")
 

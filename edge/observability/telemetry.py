@@ -21,7 +21,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from edge.observability.stats import STAGES, LatencyWindow, RateMeter
+from linewatch.edge.observability.stats import STAGES, LatencyWindow, RateMeter
 
 log = logging.getLogger(__name__)
 

@@ -46,10 +46,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.config import MqttConfig
-from edge.observability.logs import RepeatLimiter, install_repeat_filter
-from edge.publish.outbox import Outbox
-from edge.publish.payloads import dumps
+from linewatch.edge.config import MqttConfig
+from linewatch.edge.observability.logs import RepeatLimiter, install_repeat_filter
+from linewatch.edge.publish.outbox import Outbox
+from linewatch.edge.publish.payloads import dumps
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)

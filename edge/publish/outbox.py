@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.observability.logs import RepeatLimiter
+from linewatch.edge.observability.logs import RepeatLimiter
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)

@@ -40,7 +40,7 @@ def utc_iso(ts: float | None = None) -> str:
 @cache
 def schema(name: str) -> dict[str, Any]:
     """The JSON Schema ``edge/schemas/<name>.json`` (shipped as package data)."""
-    text = resources.files("edge").joinpath("schemas", f"{name}.json").read_text(encoding="utf-8")
+    text = resources.files("linewatch.edge").joinpath("schemas", f"{name}.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

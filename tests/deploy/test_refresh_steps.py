@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from refresh_testkit import FakeEdge, fake_ssh_bin, publish_status, write_bundle, write_config
 
-from deploy.refresh.codes import Exit
-from deploy.refresh.config import load_config
-from deploy.refresh.publish import LocalStore
-from deploy.refresh.runlog import read_records
-from deploy.refresh.steps import run_refresh
+from linewatch.deploy.refresh.codes import Exit
+from linewatch.deploy.refresh.config import load_config
+from linewatch.deploy.refresh.publish import LocalStore
+from linewatch.deploy.refresh.runlog import read_records
+from linewatch.deploy.refresh.steps import run_refresh
 
 FAKE_TOOLS = Path(__file__).with_name("refresh_fake_tools.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -275,7 +275,7 @@ def test_unconfirmed_bundle_is_rolled_back(
 
 
 def test_a_crashed_run_is_undone_by_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from deploy.refresh.drop import apply_drop, scan_drop
+    from linewatch.deploy.refresh.drop import apply_drop, scan_drop
 
     s = _setup(tmp_path, monkeypatch, {})
     _drop_new_task(s, "tile")
@@ -300,7 +300,7 @@ def test_nothing_to_do_and_dry_run(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert s.log[-1]["outcome"] == "nothing-to-do"
     _drop_images(s, "brick")
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.refresh", "run", "--dry-run", "--config", str(s.config)],
+        [sys.executable, "-m", "linewatch.deploy.refresh", "run", "--dry-run", "--config", str(s.config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -318,7 +318,7 @@ def test_second_run_is_locked_out_and_sigterm_cleans_up(
     s = _setup(tmp_path, monkeypatch, {"hang": "train"})
     _drop_images(s, "brick")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "deploy.refresh", "run", "--config", str(s.config)],
+        [sys.executable, "-m", "linewatch.deploy.refresh", "run", "--config", str(s.config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -330,7 +330,7 @@ def test_second_run_is_locked_out_and_sigterm_cleans_up(
     time.sleep(0.5)
     # A second run while the first is training: refused at once with the lock's exit code.
     second = subprocess.run(
-        [sys.executable, "-m", "deploy.refresh", "run", "--config", str(s.config)],
+        [sys.executable, "-m", "linewatch.deploy.refresh", "run", "--config", str(s.config)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from edge_testkit import edge_config, make_bundle, render, wait_for
 
-from edge.capture.camera import Camera
-from edge.capture.frame_sources import Frame
-from edge.capture.queues import BoundedQueue, Closed
-from edge.frame_path import InferenceWorker, PostprocessWorker, Scored
-from edge.model.manager import ModelManager
-from edge.observability.telemetry import Telemetry
-from edge.publish.outbox import Outbox
+from linewatch.edge.capture.camera import Camera
+from linewatch.edge.capture.frame_sources import Frame
+from linewatch.edge.capture.queues import BoundedQueue, Closed
+from linewatch.edge.frame_path import InferenceWorker, PostprocessWorker, Scored
+from linewatch.edge.model.manager import ModelManager
+from linewatch.edge.observability.telemetry import Telemetry
+from linewatch.edge.publish.outbox import Outbox
 
 
 def frame(camera: str, i: int, defective: bool = False) -> Frame:
@@ -100,7 +100,7 @@ def test_postprocess_writes_result_then_heatmap(tmp_path: Path) -> None:
     assert [r.topic for r in rows] == ["x/a/result", "x/a/heatmap", "x/a/result", "x/a/heatmap"]
     import json
 
-    from edge.publish import payloads
+    from linewatch.edge.publish import payloads
 
     doc = json.loads(rows[0].payload)
     payloads.validate("result", doc)

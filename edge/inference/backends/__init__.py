@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.config import BackendConfig
-from edge.model.bundle import Bundle, BundleError, GoldenReport, check_golden
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.model.bundle import Bundle, BundleError, GoldenReport, check_golden
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class Selection:
 def create_backend(name: str, bundle: Bundle, cfg: BackendConfig) -> Backend:
     """Instantiate one backend by name; raises BackendUnavailable with the reason."""
     if name == "tensorrt":
-        from edge.inference.backends.tensorrt import TensorRTBackend
+        from linewatch.edge.inference.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(bundle, cfg)
     if name.startswith("ort-"):
-        from edge.inference.backends.onnxruntime import OrtBackend
+        from linewatch.edge.inference.backends.onnxruntime import OrtBackend
 
         return OrtBackend(bundle, name, cfg)
     raise BackendUnavailable(f"unknown backend {name!r}")

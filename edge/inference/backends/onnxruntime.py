@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.graph_io import FRAMES, OUTPUT_NAMES
-from edge.config import BackendConfig
-from edge.inference.backends import BackendUnavailable
-from edge.model.bundle import Bundle
+from linewatch.contract.graph_io import FRAMES, OUTPUT_NAMES
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.inference.backends import BackendUnavailable
+from linewatch.edge.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class OrtBackend:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if cfg.allow_spinning else "0")
         providers: list[Any] = [provider]
         if provider == "TensorrtExecutionProvider":
-            from contract.store import engine_cache_dir
+            from linewatch.contract.store import engine_cache_dir
 
             # Beside the bundle with the native engines, so the refresh job prunes both together.
             cache = engine_cache_dir(bundle.base.root if bundle.base is not None else bundle.root) / "ort-trt"

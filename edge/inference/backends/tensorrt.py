@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.graph_io import ANOMALY_MAP, FRAMES, OUTPUT_NAMES, SCORE, TASK
-from edge.config import BackendConfig
-from edge.inference.backends import BackendUnavailable
-from edge.model.bundle import Bundle
+from linewatch.contract.graph_io import ANOMALY_MAP, FRAMES, OUTPUT_NAMES, SCORE, TASK
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.inference.backends import BackendUnavailable
+from linewatch.edge.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, bundle: Bundle, cfg: BackendConfig) -> None:
-        from edge.model import trt_build
+        from linewatch.edge.model import trt_build
 
         ok, reason = trt_build.tensorrt_available()
         if not ok:

@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 from edge_testkit import render, wait_for, write_video
 
-from edge.capture.frame_sources import CameraSource, Frame, ReadStatus, SourceSpec, check_frame, parse_source
-from edge.config import CameraConfig
+from linewatch.edge.capture.frame_sources import (
+    CameraSource,
+    Frame,
+    ReadStatus,
+    SourceSpec,
+    check_frame,
+    parse_source,
+)
+from linewatch.edge.config import CameraConfig
 
 
 @pytest.mark.parametrize(
@@ -243,7 +250,7 @@ def test_backend_read_timeout_counts_as_a_stall(caplog: pytest.LogCaptureFixture
     factory = lambda spec, c: TimesOut(scripts.pop(0))  # noqa: E731
     # a camera name of its own: the limiter's runs are per camera and per process
     src = CameraSource("cam-timeout", "/fake.avi", cfg, sink, reader_factory=factory)
-    caplog.set_level(logging.INFO, "edge.capture.frame_sources")
+    caplog.set_level(logging.INFO, "linewatch.edge.capture.frame_sources")
     src.start()
     assert src.finished.wait(30)
     assert len(sink.frames) == 3 and src.stats.stalls == 1 and src.stats.reopens == 1

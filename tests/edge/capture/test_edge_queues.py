@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edge.capture.queues import BoundedQueue, Closed
+from linewatch.edge.capture.queues import BoundedQueue, Closed
 
 
 def test_drop_oldest_keeps_newest_and_counts() -> None:

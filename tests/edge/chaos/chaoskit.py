@@ -30,7 +30,7 @@ from typing import Any
 import cv2
 from edge_testkit import render, wait_for
 
-from deploy.localbroker import accepting
+from linewatch.deploy.localbroker import accepting
 
 REPO = Path(__file__).resolve().parents[3]
 SITE = "linewatch/site/line/station"
@@ -60,7 +60,7 @@ def parse_ts(text: str) -> float:
 
 
 class EdgeProcess:
-    """``python -m edge.cli run`` with a TOML config; stderr (JSON lines) appended to one file per test."""
+    """``python -m linewatch.edge.cli run`` with a TOML config; stderr (JSON lines) appended to one file per test."""
 
     def __init__(self, work: Path, bundle: Path, source: str, url: str, name: str = "line1", **config: Any):
         """``config``: TOML sections (``camera={...}``) merged over the test defaults below."""
@@ -89,7 +89,7 @@ class EdgeProcess:
         env = {k: v for k, v in env.items() if not k.startswith("LINEWATCH_EDGE_")}
         with open(self.log_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--bundle", str(self.bundle), "--source", self.source,
+                [sys.executable, "-m", "linewatch.edge.cli", "run", "--bundle", str(self.bundle), "--source", self.source,
                  "--camera", self.camera, "--config", str(self.config_path)],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from edge_testkit import make_bundle
 
-from edge.config import BackendConfig
-from edge.inference.backends import BackendUnavailable, create_backend, select_backend
-from edge.model.bundle import BundleError, open_bundle
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.inference.backends import BackendUnavailable, create_backend, select_backend
+from linewatch.edge.model.bundle import BundleError, open_bundle
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from edge_testkit import make_bundle
 
-from edge.config import BackendConfig
-from edge.inference.backends import BackendUnavailable, create_backend, select_backend
-from edge.model.bundle import check_golden, open_bundle
-from edge.model.trt_build import tensorrt_available
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.inference.backends import BackendUnavailable, create_backend, select_backend
+from linewatch.edge.model.bundle import check_golden, open_bundle
+from linewatch.edge.model.trt_build import tensorrt_available
 
 AVAILABLE, REASON = tensorrt_available()
 

@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 from edge_testkit import edge_config, make_bundle, overlaps, wait_for
 
-from contract.geometry import Geometry
-from edge.config import BackendConfig
-from edge.inference.frame_scorer import FrameScorer
-from edge.inference.postprocess import find_regions
-from edge.model.bundle import BundleError, open_bundle
-from edge.publish import payloads
-from edge.runtime import EdgeRuntime
+from linewatch.contract.geometry import Geometry
+from linewatch.edge.config import BackendConfig
+from linewatch.edge.inference.frame_scorer import FrameScorer
+from linewatch.edge.inference.postprocess import find_regions
+from linewatch.edge.model.bundle import BundleError, open_bundle
+from linewatch.edge.publish import payloads
+from linewatch.edge.runtime import EdgeRuntime
 
 pytest.importorskip("onnxruntime", reason="the toy graph runs in onnxruntime")
 
@@ -77,7 +77,7 @@ def test_bundle_geometry_is_checked(tmp_path: Path) -> None:
 
 
 def _ort(bundle: Any) -> Any:
-    from edge.inference.backends.onnxruntime import OrtBackend
+    from linewatch.edge.inference.backends.onnxruntime import OrtBackend
 
     return OrtBackend(bundle, "ort-cpu", BackendConfig())
 

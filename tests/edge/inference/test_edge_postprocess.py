@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge.inference.postprocess import find_regions, frame_jpeg, overlay_jpeg
+from linewatch.edge.inference.postprocess import find_regions, frame_jpeg, overlay_jpeg
 
 
 def test_regions_scaled_to_frame() -> None:

@@ -20,7 +20,7 @@ import pytest
 from edge_testkit import edge_config, wait_for
 from trained_methods_kit import HW, TASKS, get_kit
 
-from edge.publish import payloads
+from linewatch.edge.publish import payloads
 
 pytestmark = pytest.mark.slow
 SITE = "linewatch/site/line/station"
@@ -41,7 +41,7 @@ def _frames(kit) -> dict[str, tuple[np.ndarray, int, tuple[int, int, int, int] |
     they may stay under 0.5; the painted ones make sure the anomalous path (regions, heatmap)
     is exercised too.
     """
-    from trainer.data import load_task, read_images
+    from linewatch.trainer.data import load_task, read_images
 
     out: dict[str, tuple[np.ndarray, int, tuple[int, int, int, int] | None]] = {}
     for task in TASKS:
@@ -76,7 +76,7 @@ def _drop(folder: Path, name: str, rgb: np.ndarray) -> None:
 def test_trained_method_serves_end_to_end(
     method: str, kit, mqtt_broker: Any, mqtt_recorder: Any, runtime_factory: Any, tmp_path: Path
 ) -> None:
-    from export.parity import ort_infer, ort_session
+    from linewatch.export.parity import ort_infer, ort_session
 
     bundle = kit.bundle(method)  # `linewatch-export --run RUN --out BUNDLE --sign-key KEY`
     pub = kit.keys()[1]

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.model.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle, sha256_file
-from edge.model.signing import generate_hmac_key, generate_keypair
+from linewatch.edge.model.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle, sha256_file
+from linewatch.edge.model.signing import generate_hmac_key, generate_keypair
 
 pytest.importorskip("torch", reason="writing bundles needs the exporter (torch)")
 pytest.importorskip("onnxruntime", reason="golden checks run the graph in onnxruntime")
 
-from export.parity import ort_infer, ort_session
-from export.toy import toy_scoring_graph, write_toy_bundle
+from linewatch.export.parity import ort_infer, ort_session
+from linewatch.export.toy import toy_scoring_graph, write_toy_bundle
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.model import signing
+from linewatch.edge.model import signing
 
 
 @pytest.fixture

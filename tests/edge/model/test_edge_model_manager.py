@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from edge_testkit import edge_config, make_bundle, publish_to_store, wait_for
 
-from edge.model.bundle import BundleError
-from edge.model.manager import ModelManager, is_store
+from linewatch.edge.model.bundle import BundleError
+from linewatch.edge.model.manager import ModelManager, is_store
 
 
 def manager(tmp_path: Path, source: Path, **reload: object) -> tuple[ModelManager, list, list]:
@@ -66,7 +66,7 @@ def test_bad_bundle_refused_old_keeps_serving(tmp_path: Path) -> None:
 
 
 def test_signature_required(tmp_path: Path) -> None:
-    from edge.model.signing import generate_keypair
+    from linewatch.edge.model.signing import generate_keypair
 
     priv, pub = generate_keypair(tmp_path / "keys")
     signed = make_bundle(tmp_path / "b" / "toy-v1", sign_key=priv)

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contract.manifest import sha256_file
-from edge.model import trt_build
-from edge.model.trt_build import RuntimeInfo, engine_matches, plan_filename, select_engine
+from linewatch.contract.manifest import sha256_file
+from linewatch.edge.model import trt_build
+from linewatch.edge.model.trt_build import RuntimeInfo, engine_matches, plan_filename, select_engine
 
 ORIN = RuntimeInfo("10.3.0", "Orin (nvgpu)", "8.7")
 
@@ -139,9 +139,9 @@ def _skip_without_gpu() -> None:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_build_engine_and_prove_it_on_golden_samples(tmp_path: Path, precision: str) -> None:
     _skip_without_gpu()
-    from edge.model.bundle import check_golden, open_bundle
-    from export.toy import write_toy_bundle
-    from export.trt_verify import engine_infer
+    from linewatch.edge.model.bundle import check_golden, open_bundle
+    from linewatch.export.toy import write_toy_bundle
+    from linewatch.export.trt_verify import engine_infer
 
     written = write_toy_bundle(tmp_path / "toy-v1")
     bundle = open_bundle(written.path)
@@ -166,8 +166,8 @@ def test_build_engine_and_prove_it_on_golden_samples(tmp_path: Path, precision: 
 @pytest.mark.gpu
 def test_export_with_tensorrt_ships_matching_engines(tmp_path: Path) -> None:
     _skip_without_gpu()
-    from edge.model.bundle import open_bundle
-    from export.toy import write_toy_bundle
+    from linewatch.edge.model.bundle import open_bundle
+    from linewatch.export.toy import write_toy_bundle
 
     written = write_toy_bundle(tmp_path / "toy-v1", tensorrt=True, precisions=("fp32", "fp16"))
     b = open_bundle(written.path)
@@ -183,9 +183,9 @@ def test_retrained_weights_are_refitted_into_the_cached_engine(tmp_path: Path) -
     and torch produced), and must be cheaper than the build it replaces.
     """
     _skip_without_gpu()
-    from edge.model.bundle import check_golden, open_bundle
-    from export.toy import toy_scoring_graph, write_toy_bundle
-    from export.trt_verify import engine_infer
+    from linewatch.edge.model.bundle import check_golden, open_bundle
+    from linewatch.export.toy import toy_scoring_graph, write_toy_bundle
+    from linewatch.export.trt_verify import engine_infer
 
     graphs = [toy_scoring_graph(seed=s) for s in (0, 1)]
     for g in graphs:

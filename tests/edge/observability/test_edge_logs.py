@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from edge.observability.logs import RepeatFilter, RepeatLimiter, set_repeat_every
+from linewatch.edge.observability.logs import RepeatFilter, RepeatLimiter, set_repeat_every
 
 
 class Clock:

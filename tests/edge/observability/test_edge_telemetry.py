@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edge.observability import sdnotify
-from edge.observability.logs import JsonFormatter
-from edge.observability.telemetry import MetricsServer, Telemetry
-from edge.publish import payloads
+from linewatch.edge.observability import sdnotify
+from linewatch.edge.observability.logs import JsonFormatter
+from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
+from linewatch.edge.publish import payloads
 
 
 @pytest.mark.parametrize("name", payloads.SCHEMA_FILES)

@@ -11,10 +11,10 @@ import paho.mqtt.client as paho
 import pytest
 from edge_testkit import wait_for
 
-from edge.config import MqttConfig, TlsConfig
-from edge.publish import payloads
-from edge.publish.mqtt import MqttLink
-from edge.publish.outbox import Outbox
+from linewatch.edge.config import MqttConfig, TlsConfig
+from linewatch.edge.publish import payloads
+from linewatch.edge.publish.mqtt import MqttLink
+from linewatch.edge.publish.outbox import Outbox
 
 ROOT = "linewatch/s/l/st/cam0"
 
@@ -198,7 +198,7 @@ def test_tls_and_password(
 def test_backoff_delays_grow_capped_with_jitter() -> None:
     import random
 
-    from edge.publish.mqtt import backoff_delay
+    from linewatch.edge.publish.mqtt import backoff_delay
 
     rng = random.Random(7)
     for attempt in range(60):
@@ -217,7 +217,7 @@ def test_backoff_not_defeated_by_new_results(
     import threading
     import time
 
-    caplog.set_level(logging.INFO, "edge.publish.mqtt")
+    caplog.set_level(logging.INFO, "linewatch.edge.publish.mqtt")
     box = Outbox(tmp_path / "o.sqlite")
     mqtt_broker.stop()  # nothing listens on its port any more: every attempt is refused at once
     url = mqtt_broker.url

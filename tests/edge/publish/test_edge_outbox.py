@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edge.publish.outbox import FrameIds, Outbox
+from linewatch.edge.publish.outbox import FrameIds, Outbox
 
 
 def test_order_ack_and_streams(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_full_disk_counts_and_recovers(tmp_path: Path, caplog: Any) -> None:
     pages = box._db.execute("PRAGMA page_count").fetchone()[0]
     box._db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
     big = b"x" * 20_000
-    caplog.set_level(logging.INFO, "edge.publish.outbox")
+    caplog.set_level(logging.INFO, "linewatch.edge.publish.outbox")
     results = [box.add_many("a", [("t", big, 1), ("t/heatmap", big, 1)]) for _ in range(30)]
     assert results == [[]] * 30
     assert box.not_stored == 60 and box.write_errors == 30

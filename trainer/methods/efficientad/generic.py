@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from trainer.data.source_photos import available_sources, render_view
+from linewatch.trainer.data.source_photos import available_sources, render_view
 
 
 def generic_sources(exclude: Iterable[str] = ()) -> list[str]:
