@@ -316,6 +316,15 @@ class CameraSource:
         """How long one reader call may run before the watchdog replaces the capture thread."""
         return self.cfg.stall_timeout_s + max(1.0, self.cfg.stall_timeout_s / 2)
 
+    def _warn(self, message: str, **fields: Any) -> None:
+        """A rate-limited warning about this camera's source (one limiter key per camera)."""
+        limited.warning(message, self.camera, camera=self.camera, source=self.spec.uri, **fields)
+
+    def _stalled(self, seconds: float, by: str) -> None:
+        """Count and log a stall; the caller reopens the source."""
+        self.stats.stalls += 1
+        self._warn("source stalled; reopening", stalled_s=round(seconds, 1), by=by)
+
     # ----- the watchdog --------------------------------------------------------------------------
     def _call(self, gen: int, fn: Callable[[], Any]) -> Any:
         """Run one reader call (open/read) under the watchdog's eye."""
@@ -341,15 +350,7 @@ class CameraSource:
                     stuck_threads=len(self._stuck),
                 )
                 continue
-            self.stats.stalls += 1
-            limited.warning(
-                "source stalled; reopening",
-                self.camera,
-                camera=self.camera,
-                source=self.spec.uri,
-                stalled_s=round(time.monotonic() - busy[1], 1),
-                by="watchdog",
-            )
+            self._stalled(time.monotonic() - busy[1], by="watchdog")
             self._stuck.append(self._thread)
             self._gen += 1
             self._busy = None
@@ -362,14 +363,7 @@ class CameraSource:
             reader = self._call(gen, lambda: self._reader_factory(self.spec, self.cfg))
         except (OSError, cv2.error) as exc:
             self.stats.open_failures += 1
-            limited.warning(
-                "source open failed; retrying",
-                self.camera,
-                camera=self.camera,
-                source=self.spec.uri,
-                error=str(exc),
-                retry_s=backoff,
-            )
+            self._warn("source open failed; retrying", error=str(exc), retry_s=backoff)
             self._stop.wait(backoff)
             return None, min(backoff * 2, self.cfg.reopen_max_s)
         if isinstance(reader, DirReader):
@@ -452,18 +446,8 @@ class CameraSource:
                 limited.info("video ended", self.camera, camera=self.camera, at_end=self.cfg.at_end)
                 return {"stop": "stop", "loop": "loop"}.get(self.cfg.at_end, "reopen")
             if t1 - t0 >= 0.9 * self.cfg.stall_timeout_s:  # the backend's own read timeout fired
-                self.stats.stalls += 1
-                limited.warning(
-                    "source stalled; reopening",
-                    self.camera,
-                    camera=self.camera,
-                    source=self.spec.uri,
-                    stalled_s=round(t1 - t0, 1),
-                    by="read timeout",
-                )
+                self._stalled(t1 - t0, by="read timeout")
             else:
-                limited.warning(
-                    "source failed; reopening", self.camera, camera=self.camera, source=self.spec.uri
-                )
+                self._warn("source failed; reopening")
             return "reopen"
         return "stop"

@@ -124,6 +124,22 @@ def read_sidecar(plan_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def _plan_entry(plan: Path, runtime: RuntimeInfo, min_batch: int, **want: Any) -> dict[str, Any] | None:
+    """The sidecar entry of ``plan`` when the plan file exists, was built for this machine with room for
+    ``min_batch``, and the entry holds every ``want`` value; else None. Hashing the plan itself (the
+    costly check) is left to the caller."""
+    entry = read_sidecar(plan)
+    if (
+        entry is None
+        or not plan.is_file()
+        or not engine_matches(entry, runtime)
+        or int(entry.get("max_batch", 0)) < min_batch
+        or any(entry.get(key) != value for key, value in want.items())
+    ):
+        return None
+    return entry
+
+
 def cached_engine(
     cache_dir: str | os.PathLike[str],
     graph_sha256: str,
@@ -133,15 +149,8 @@ def cached_engine(
 ) -> dict[str, Any] | None:
     """A previously built engine for this graph and machine, verified against its sidecar hash."""
     plan = Path(cache_dir) / graph_sha256[:16] / plan_filename(precision, runtime)
-    entry = read_sidecar(plan)
-    if (
-        entry is None
-        or not plan.is_file()
-        or entry.get("graph_sha256") != graph_sha256
-        or not engine_matches(entry, runtime)
-        or int(entry.get("max_batch", 0)) < min_batch
-        or entry.get("plan_sha256") != sha256_file(plan)
-    ):
+    entry = _plan_entry(plan, runtime, min_batch, graph_sha256=graph_sha256)
+    if entry is None or entry.get("plan_sha256") != sha256_file(plan):
         return None
     return {**entry, "path": str(plan)}
 
@@ -161,16 +170,8 @@ def find_refit_source(
     candidates = []
     for sidecar in Path(cache_dir).glob(f"*/{plan_filename(precision, runtime)}.json"):
         plan = sidecar.with_suffix("")
-        entry = read_sidecar(plan)
-        if (
-            entry is None
-            or not plan.is_file()
-            or not entry.get("refittable")
-            or entry.get("structure_sha256") != structure_sha256
-            or entry.get("precision") != precision
-            or not engine_matches(entry, runtime)
-            or int(entry.get("max_batch", 0)) < min_batch
-        ):
+        entry = _plan_entry(plan, runtime, min_batch, structure_sha256=structure_sha256, precision=precision)
+        if entry is None or not entry.get("refittable"):
             continue
         candidates.append((plan.stat().st_mtime, plan, entry))
     for _mtime, plan, entry in sorted(candidates, key=lambda c: c[0], reverse=True):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from edge_testkit import render, wait_for
+from edge_testkit import make_bundle, render, wait_for
 
 from linewatch.deploy.localbroker import accepting
 
@@ -186,10 +186,14 @@ class EdgeProcess:
             return json.loads(exc.read())
 
 
+def every_fifth(i: int) -> bool:
+    return i % 5 == 4
+
+
 class Producer:
     """A line camera writing frames into a dir: source; frame i is defective when ``defect(i)``."""
 
-    def __init__(self, folder: Path, defect: Callable[[int], bool] = lambda i: i % 5 == 4) -> None:
+    def __init__(self, folder: Path, defect: Callable[[int], bool] = every_fifth) -> None:
         from edge_testkit import write_frame
 
         self.folder, self.defect, self.n = folder, defect, 0
@@ -205,6 +209,24 @@ class Producer:
 
     def names(self) -> list[str]:
         return [f"{i:06d}.png" for i in range(self.n)]
+
+
+def toy_edge(work: Path, source: str, url: str, **config: Any) -> EdgeProcess:
+    """An edge process (not started) serving the toy bundle, written under ``work``, from ``source``."""
+    return EdgeProcess(work, make_bundle(work / "toy-v1"), source, url, **config)
+
+
+def line_and_edge(
+    work: Path, url: str, defect: Callable[[int], bool] = every_fifth, **config: Any
+) -> tuple[Producer, EdgeProcess]:
+    """A line camera writing into ``work/spool`` and the toy edge (not started) reading it as ``dir:``."""
+    line = Producer(work / "spool", defect=defect)
+    return line, toy_edge(work, f"dir:{line.folder}", url, **config)
+
+
+def unscored(line: Producer, rec: Any) -> list[str]:
+    """The images the line wrote that no verdict received names yet."""
+    return sorted(set(line.names()) - {d["source"]["file"] for d in verdicts(rec)})
 
 
 def verdicts(rec: Any, camera: str = "line1") -> list[dict[str, Any]]:

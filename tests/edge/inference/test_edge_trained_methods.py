@@ -17,7 +17,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from edge_testkit import edge_config, wait_for
+from edge_testkit import edge_config, overlaps, wait_for
 from trained_methods_kit import HW, TASKS, get_kit
 
 from linewatch.edge.publish import payloads
@@ -57,12 +57,6 @@ def _frames(kit) -> dict[str, tuple[np.ndarray, int, tuple[int, int, int, int] |
             image[y : y + h, x : x + w] = (255, 0, 255) if i == 0 else (0, 255, 0)
             out[f"{len(out):03d}_{task}_painted.png"] = (image, 1, box)
     return out
-
-
-def _overlaps(a: list[int], b: tuple[int, int, int, int]) -> bool:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    return ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
 
 
 def _drop(folder: Path, name: str, rgb: np.ndarray) -> None:
@@ -120,7 +114,7 @@ def test_trained_method_serves_end_to_end(
     assert sum(defect) > sum(good) and any(got[n]["anomalous"] for n in painted)
     for n in painted:
         if got[n]["anomalous"]:
-            assert any(_overlaps(r["bbox"], frames[n][2]) for r in got[n]["regions"]), got[n]["regions"]
+            assert any(overlaps(r["bbox"], frames[n][2]) for r in got[n]["regions"]), got[n]["regions"]
     status = rec.json("cam0/status")[-1]
     assert status["state"] == "online" and status["model"]["name"] == method and "error" not in status
     assert len(rec.on("cam0/heatmap")) == sum(d["anomalous"] for d in got.values())
