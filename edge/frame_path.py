@@ -38,6 +38,26 @@ limited = RepeatLimiter(log)  # per-frame failures: the first, then one summary 
 MARKS_LIMIT = 20_000
 
 
+class _Stage:
+    """One daemon thread running the stage's ``_run`` loop; the runtime starts, joins and watches it."""
+
+    def __init__(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
 @dataclass
 class Scored:
     """A frame with its model outputs, on its way to post-processing."""
@@ -52,7 +72,7 @@ class Scored:
     infer_ms: float
 
 
-class InferenceWorker:
+class InferenceWorker(_Stage):
     """Gathers frames across cameras into micro-batches, preprocesses into a reused buffer, infers."""
 
     def __init__(
@@ -78,17 +98,7 @@ class InferenceWorker:
         self.batches = 0
         self.errors = 0
         self.last_progress = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        super().__init__("inference")
 
     def _take(self, limit: int) -> list[Frame]:
         """Round-robin over the cameras' queues so that one busy camera cannot starve the others."""
@@ -177,7 +187,7 @@ class InferenceWorker:
         self.last_progress = time.monotonic()
 
 
-class PostprocessWorker:
+class PostprocessWorker(_Stage):
     """Regions, overlay, payload; writes each verdict to the outbox and wakes the camera's link."""
 
     def __init__(
@@ -199,17 +209,7 @@ class PostprocessWorker:
         self.models = models
         self.processed = 0
         self.errors = 0
-        self._thread = threading.Thread(target=self._run, name="postprocess", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        super().__init__("postprocess")
 
     def _run(self) -> None:
         while True:
