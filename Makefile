@@ -24,7 +24,7 @@ test: venv mosquitto
 	$(VPY) -m pytest -q -p no:cacheprovider
 
 demo: venv mosquitto
-	$(VPY) -m deploy.demo --out $(DEMO_DIR)
+	$(VPY) -m linewatch.deploy.demo --out $(DEMO_DIR)
 
 lint: venv
 	$(VPY) -m ruff check . && $(VPY) -m ruff format --check .

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data import load_task, read_images
-from trainer.data.generate import generate_dataset
-from trainer.methods.patchcore.coreset import coverage_radius, greedy_coreset
-from trainer.methods.registry import build_method
+from linewatch.trainer.data import load_task, read_images
+from linewatch.trainer.data.generate import generate_dataset
+from linewatch.trainer.methods.patchcore.coreset import coverage_radius, greedy_coreset
+from linewatch.trainer.methods.registry import build_method
 
 
 def lite0_patches(n_images: int, seed: int) -> torch.Tensor:

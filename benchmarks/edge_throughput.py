@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deploy.localbroker import LocalBroker  # noqa: E402 - after the sys.path line above
+from linewatch.deploy.localbroker import LocalBroker  # noqa: E402 - after the sys.path line above
 
 STAGES = ("capture", "queue", "preprocess", "infer", "postprocess", "publish", "end_to_end")
 
@@ -55,11 +55,11 @@ def build_patchcore(work: Path, size: int) -> Path:
     py = sys.executable
     data, run, bundle = work / "data", work / "run", work / "bundle"
     steps = [
-        [py, "-m", "trainer.data.generate", "--out", str(data), "--tasks", "brick", "--n-train", "16",
+        [py, "-m", "linewatch.trainer.data.generate", "--out", str(data), "--tasks", "brick", "--n-train", "16",
          "--n-test-good", "4", "--n-test-defect", "4", "--size", str(size)],
-        [py, "-m", "trainer", "fit", "--data", f"mvtec:{data}", "--tasks", "brick", "--method", "patchcore",
+        [py, "-m", "linewatch.trainer", "fit", "--data", f"mvtec:{data}", "--tasks", "brick", "--method", "patchcore",
          "--strategy", "cl", "--image-size", str(size), "--out", str(run), "--no-progress", "--no-report"],
-        [py, "-m", "export", "--run", str(run), "--out", str(bundle), "--max-batch", "4"],
+        [py, "-m", "linewatch.export", "--run", str(run), "--out", str(bundle), "--max-batch", "4"],
     ]  # fmt: skip
     for cmd in steps:
         print("+", " ".join(cmd[1:4]), "...", file=sys.stderr)
@@ -77,7 +77,7 @@ def build_toy(work: Path, size: int) -> Path:
 def make_video(path: Path, frames: int, frame_wh: tuple[int, int], fps: float) -> list[bool]:
     """Synthetic line video with known defect frames (trainer's generator when present)."""
     try:
-        from trainer.data.video import generate_video
+        from linewatch.trainer.data.video import generate_video
 
         truths = generate_video(path, "brick", n_frames=frames, defect_every=5, size=frame_wh, fps=fps)
         return [t.defective for t in truths]
@@ -103,8 +103,8 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
 def run_pipeline(
     bundle: Path, video: Path, url: str, batch: int, threads: int, paced: bool, work: Path
 ) -> dict[str, Any]:
-    from edge.config import load_config
-    from edge.runtime import EdgeRuntime
+    from linewatch.edge.config import load_config
+    from linewatch.edge.runtime import EdgeRuntime
 
     cfg = load_config(
         None,
@@ -153,11 +153,11 @@ def run_sequential(bundle_path: Path, video: Path, url: str, threads: int) -> di
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge import payloads
-    from edge.backends import select_backend
-    from edge.bundle import open_bundle
-    from edge.config import BackendConfig
-    from edge.postprocess import find_regions, overlay_jpeg
+    from linewatch.edge.config import BackendConfig
+    from linewatch.edge.inference.backends import select_backend
+    from linewatch.edge.inference.postprocess import find_regions, overlay_jpeg
+    from linewatch.edge.model.bundle import open_bundle
+    from linewatch.edge.publish import payloads
 
     bundle = open_bundle(bundle_path)
     backend = select_backend(bundle, BackendConfig(order=["ort-cpu"], threads=threads)).backend
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             broker = LocalBroker(work / "mosquitto").start()
             url = broker.url
-        from edge.bundle import open_bundle
+        from linewatch.edge.model.bundle import open_bundle
 
         b = open_bundle(bundle)
         results = {}

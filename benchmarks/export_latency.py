@@ -33,9 +33,9 @@ if str(ROOT) not in sys.path:
 
 def _fit_run(method: str, workdir: Path, image_size: int, tasks: list[str]) -> tuple[Path, Path, float]:
     """Generate a small dataset and fit `method` on it; returns (run dir, data root, seconds)."""
-    from trainer.config import TrainConfig
-    from trainer.continual import fit
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.continual import fit
+    from linewatch.trainer.data.generate import generate_dataset
 
     data = workdir / "data"
     generate_dataset(data, tasks, n_train=16, n_test_good=4, n_test_defect=4, size=image_size, seed=0)
@@ -62,7 +62,7 @@ def measure(
     """Interleaved torch vs onnxruntime timings of the same frames."""
     import torch
 
-    from export.parity import ort_session
+    from linewatch.export.parity import ort_session
 
     torch.set_num_threads(threads)
     session = ort_session(onnx_path, threads=threads, spinning=False)
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
 
-    from export.bundle_writer import write_bundle
-    from export.run_source import load_run_for_export
-    from export.toy import toy_frames, toy_scoring_graph, write_toy_bundle
+    from linewatch.export.bundle_writer import write_bundle
+    from linewatch.export.run_source import load_run_for_export
+    from linewatch.export.toy import toy_frames, toy_scoring_graph, write_toy_bundle
 
     result: dict[str, Any] = {
         "benchmark": "export_latency",

@@ -71,7 +71,7 @@ def scratch_mask(hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
 
 def paint(frame: np.ndarray, kind: str, rng: np.random.Generator, textures: list[np.ndarray]):
     """One synthetic defect on a copy of ``frame`` (uint8, 3 channels): (image, mask)."""
-    from trainer.data.synthetic_anomalies import perlin_anomaly, perlin_mask, random_texture
+    from linewatch.trainer.data.synthetic_anomalies import perlin_anomaly, perlin_mask, random_texture
 
     hw = frame.shape[:2]
     if kind == "blob":
@@ -88,8 +88,8 @@ def paint(frame: np.ndarray, kind: str, rng: np.random.Generator, textures: list
 
 def build_task(src: Path, out: Path, n_fit: int, n_held: int, seed: int) -> dict[str, int]:
     """An MVTec-layout task from ``src``'s train/good only: fit images, held-out good, synthetic defects."""
-    from contract.frames import decode_file
-    from trainer.data.synthetic_anomalies import texture_source
+    from linewatch.contract.frames import decode_file
+    from linewatch.trainer.data.synthetic_anomalies import texture_source
 
     rng = np.random.default_rng(seed)
     files = sorted((src / "train" / "good").iterdir())
@@ -115,7 +115,7 @@ def build_task(src: Path, out: Path, n_fit: int, n_held: int, seed: int) -> dict
 
 def fit(data: Path, task: str, run: Path, flags: list[str]) -> dict[str, Any]:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "trainer.cli", "fit", "--data", f"mvtec:{data}", "--tasks", task]
+    cmd = [sys.executable, "-m", "linewatch.trainer.cli", "fit", "--data", f"mvtec:{data}", "--tasks", task]
     cmd += ["--out", str(run), "--no-progress", "--no-report", *flags]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -130,8 +130,8 @@ def fit(data: Path, task: str, run: Path, flags: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from contract.geometry import AUTO_MAX_SHRINK
-    from trainer.data import image_size
+    from linewatch.contract.geometry import AUTO_MAX_SHRINK
+    from linewatch.trainer.data import image_size
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devset", type=Path, default=ROOT.parent / "shared" / "devset")

@@ -41,8 +41,8 @@ HW = (256, 256)
 
 
 def _patchcore(data: Path, budget: int, threads: int) -> Any:
-    from trainer.data import load_task, read_images
-    from trainer.methods.registry import build_method
+    from linewatch.trainer.data import load_task, read_images
+    from linewatch.trainer.methods.registry import build_method
 
     split = load_task(f"mvtec:{data}", "brick")
     train = read_images([s.path for s in split.train], HW)
@@ -54,7 +54,7 @@ def _patchcore(data: Path, budget: int, threads: int) -> Any:
 
 def build_methods(data: Path, budget: int, threads: int) -> dict[str, Any]:
     """Method name -> a method object whose `scoring_graph()` is what a bundle would hold."""
-    from trainer.methods.registry import build_method
+    from linewatch.trainer.methods.registry import build_method
 
     return {
         "efficientad-s": build_method("efficientad", "replay", image_size=HW, size="s", progress=False),
@@ -121,10 +121,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from export.onnx_export import export_onnx
-    from export.parity import ort_session
-    from trainer.data import load_task, read_images
-    from trainer.data.generate import generate_dataset
+    from linewatch.export.onnx_export import export_onnx
+    from linewatch.export.parity import ort_session
+    from linewatch.trainer.data import load_task, read_images
+    from linewatch.trainer.data.generate import generate_dataset
 
     torch.set_num_threads(args.threads)
     result: dict[str, Any] = {

@@ -146,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainer.data import load_task, read_images
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data import load_task, read_images
+    from linewatch.trainer.data.generate import generate_dataset
 
     if not torch.cuda.is_available():
         print("no CUDA GPU visible: this benchmark needs one (see method_latency.py for CPU)")

@@ -11,7 +11,7 @@ What runs, all in this one process tree so the figures sit side by side:
    ``--geometry resize`` shows what squeezing costs, ``--backbone`` the Lite1/Lite2 trade-off);
 2. **alone**: each task fitted alone with the same defaults;
 3. **edge**: the continual run exported by ``linewatch-export`` and scored by the edge's own
-   scorer (``edge/tiling.py``, onnxruntime CPU) on native-resolution test frames: ms per frame at
+   scorer (``edge/inference/frame_scorer.py``, onnxruntime CPU) on native-resolution test frames: ms per frame at
    the chosen geometry beside the same graph at a 256-px resize (the price of accuracy), bundle MB;
 4. **anomalib**: PatchCore and PaDiM, one model per task, in their own venv
    (``benchmarks/anomalib_peer``), with our Lite0 weights and with anomalib's defaults; their raw
@@ -56,7 +56,7 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "image_f1_calibrated")
 def _train(*args: str) -> float:
     """One trainer CLI call (its own process, as a user runs it); wall seconds."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "trainer.cli", *args]
+    cmd = [sys.executable, "-m", "linewatch.trainer.cli", *args]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -114,16 +114,16 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def edge_cost(devset: Path, run: Path, work: Path, frames_per_task: int, threads: int) -> dict[str, Any]:
     """Export the run, then time the edge's scorer at the bundle's geometry and at a 256-px resize."""
-    from contract.frames import decode_file
-    from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
-    from edge.config import BackendConfig
-    from edge.tiling import FrameScorer
+    from linewatch.contract.frames import decode_file
+    from linewatch.contract.geometry import Geometry
+    from linewatch.edge.config import BackendConfig
+    from linewatch.edge.inference.backends.onnxruntime import OrtBackend
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+    from linewatch.edge.model.bundle import open_bundle
 
     bundle_dir = work / f"bundle-{run.name}"
     done = subprocess.run(
-        [sys.executable, "-m", "export.cli", "--run", str(run), "--out", str(bundle_dir)],
+        [sys.executable, "-m", "linewatch.export.cli", "--run", str(run), "--out", str(bundle_dir)],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode != 0:
@@ -163,8 +163,8 @@ def edge_cost(devset: Path, run: Path, work: Path, frames_per_task: int, threads
 def peers(devset: Path, work: Path, venv: Path, weights: list[str], models: list[str]) -> dict[str, Any]:
     """anomalib PatchCore/PaDiM per task, scored by our metric code on their raw outputs."""
     from benchmarks.anomalib_peer import ensure_peer_venv, run_peer
-    from trainer import metrics as M
-    from trainer.data import load_task, read_masks
+    from linewatch.trainer import metrics as M
+    from linewatch.trainer.data import load_task, read_masks
 
     python = ensure_peer_venv(venv)
     out: dict[str, Any] = {}
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="real-images-"))
     if args.max_train or args.max_test:  # the same linked subset for our runs and the peers
-        from trainer.data.subset import link_subset
+        from linewatch.trainer.data.subset import link_subset
 
         sub = work / "devset-subset"
         for root, task in SEQUENCE:

@@ -1,7 +1,7 @@
 """Tiled inspection on the edge: what a 2048x1536 frame costs as the tile count grows.
 
 For PatchCore and PaDiM (fitted here on small generated frames with the tile geometry, exported by
-the real exporter with ``max_batch`` = 48), the edge's own whole-frame scorer (``edge/tiling.py``:
+the real exporter with ``max_batch`` = 48), the edge's own whole-frame scorer (``edge/inference/frame_scorer.py``:
 cut into a reused buffer, one onnxruntime batch, stitch at frame resolution) scores generated
 2048x1536 BGR frames under several geometries of the same graph:
 
@@ -50,11 +50,11 @@ GEOMETRIES: list[tuple[str, dict[str, Any]]] = [
 
 
 def _fit_and_export(method: str, work: Path, data: Path, budget: int, max_batch: int) -> tuple[Path, dict]:
-    from export.bundle_writer import write_bundle
-    from export.checks import CheckLimits
-    from export.run_source import load_run_for_export
-    from trainer.config import TrainConfig
-    from trainer.continual import fit
+    from linewatch.export.bundle_writer import write_bundle
+    from linewatch.export.checks import CheckLimits
+    from linewatch.export.run_source import load_run_for_export
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.continual import fit
 
     cfg = TrainConfig(
         method=method,
@@ -92,7 +92,7 @@ def _fit_and_export(method: str, work: Path, data: Path, budget: int, max_batch:
 def _frames(n: int, seed: int = 11) -> list[np.ndarray]:
     import cv2
 
-    from trainer.data.synth import render_part
+    from linewatch.trainer.data.synth import render_part
 
     out = []
     for i in range(n):
@@ -108,11 +108,11 @@ def _stats(values: list[float]) -> dict[str, float]:
 
 
 def measure(bundle_dir: Path, frames: list[np.ndarray], n: int, threads: int) -> dict[str, Any]:
-    from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
-    from edge.config import BackendConfig
-    from edge.tiling import FrameScorer
+    from linewatch.contract.geometry import Geometry
+    from linewatch.edge.config import BackendConfig
+    from linewatch.edge.inference.backends.onnxruntime import OrtBackend
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+    from linewatch.edge.model.bundle import open_bundle
 
     bundle = open_bundle(bundle_dir)
     backend = OrtBackend(bundle, "ort-cpu", BackendConfig(threads=threads))
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # fitting only; on a loaded 2-core box one thread is several times faster
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     result: dict[str, Any] = {
         "benchmark": "tiled_edge",

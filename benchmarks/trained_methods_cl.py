@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainer import continual
-    from trainer.config import config_from_values
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer import continual
+    from linewatch.trainer.config import config_from_values
+    from linewatch.trainer.data.generate import generate_dataset
 
     result: dict[str, Any] = {
         "benchmark": "trained_methods_cl",

@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from contract.errors import BundleError
-from contract.manifest import MANIFEST_NAME, safe_relpath, sha256_file
+from linewatch.contract.errors import BundleError
+from linewatch.contract.manifest import MANIFEST_NAME, safe_relpath, sha256_file
 
 
 def write_tar(bundle_dir: Path, tar_path: Path, mtime: float | None = None) -> Path:

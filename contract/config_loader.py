@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsError
 
-from contract.errors import ConfigError
+from linewatch.contract.errors import ConfigError
 
 try:
     import tomllib

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 class BundleError(Exception):
     """A bundle failed a check. ``check`` names it; the message says what and where.
 
-    Raised by the edge's reader (``edge.bundle.open_bundle``), by the manifest checks in
+    Raised by the edge's reader (``edge.model.bundle.open_bundle``), by the manifest checks in
     ``contract.manifest`` and by the refresh job when a folder is not a bundle it may publish.
     """
 

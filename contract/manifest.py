@@ -12,7 +12,7 @@ ones: all through this module, so that what is written is exactly what is checke
 - Reading: :func:`read_manifest` (no checks; for scanning a store), and the checks a bundle must
   pass before anything in it is used (:func:`check_schema`, :func:`check_keys`,
   :func:`check_files`, :func:`check_unlisted`, :func:`load_npy`), each raising ``BundleError``
-  naming the check. ``edge.bundle.open_bundle`` runs them in order and adds signature, data and
+  naming the check. ``edge.model.bundle.open_bundle`` runs them in order and adds signature, data and
   golden-sample checks.
 
 numpy only (no torch, no onnx).
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from contract.errors import BundleError
-from contract.geometry import Geometry
-from contract.graph_io import OUTPUT_DTYPES, output_shapes
+from linewatch.contract.errors import BundleError
+from linewatch.contract.geometry import Geometry
+from linewatch.contract.graph_io import OUTPUT_DTYPES, output_shapes
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -61,7 +61,7 @@ INPUT_KEYS = ("height", "width", "channels", "dtype", "layout", "max_batch")
 GOLDEN_KEYS = (*GOLDEN_ARRAYS, "atol_score", "atol_map")
 _CHUNK = 1 << 20
 
-Signer = Callable[[bytes], bytes]  # manifest.json bytes -> manifest.sig bytes (edge.signing.signer)
+Signer = Callable[[bytes], bytes]  # manifest.json bytes -> manifest.sig bytes (edge.model.signing.signer)
 
 
 # --------------------------------------------------------------------------- files and hashes
@@ -205,7 +205,7 @@ def write_manifest(root: Path, manifest: Mapping[str, Any], sign: Signer | None 
     """Hash every file under ``root`` into ``files``, write ``manifest.json`` (and ``manifest.sig``).
 
     Returns the manifest as written. ``sign`` turns the exact manifest bytes into the signature
-    file's bytes (``edge.signing.signer(key)``); without it the bundle is unsigned.
+    file's bytes (``edge.model.signing.signer(key)``); without it the bundle is unsigned.
     """
     doc = {**manifest, "files": hash_files(root)}
     raw = (json.dumps(doc, indent=2) + "\n").encode("utf-8")

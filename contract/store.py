@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from contract.errors import BundleError
-from contract.manifest import MANIFEST_NAME, check_schema, read_manifest
+from linewatch.contract.errors import BundleError
+from linewatch.contract.manifest import MANIFEST_NAME, check_schema, read_manifest
 
 CURRENT = "current"
 CURRENT_TMP_PREFIX = f"{CURRENT}.tmp-"  # a new `current` is made under this name, then renamed

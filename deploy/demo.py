@@ -1,6 +1,6 @@
 """`make demo`: the whole line on one machine, without a GPU, in a few minutes.
 
-    python -m deploy.demo --out demo-out [--fast]
+    python -m linewatch.deploy.demo --out demo-out [--fast]
 
 What it does, printing every step:
 
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.demo_kit import (
+from linewatch.deploy.demo_kit import (
     Children,
     DemoError,
     QuietJson,
@@ -56,7 +56,7 @@ from deploy.demo_kit import (
     write_edge_config,
     write_refresh_config,
 )
-from deploy.demo_line import (
+from linewatch.deploy.demo_line import (
     HEADER,
     Background,
     Board,
@@ -67,7 +67,7 @@ from deploy.demo_line import (
     print_summary,
     wait_results,
 )
-from deploy.localbroker import LocalBroker
+from linewatch.deploy.localbroker import LocalBroker
 
 __all__ = ["FAST", "FULL", "Plan", "main"]
 
@@ -125,7 +125,7 @@ FAST = Plan(
 
 
 def cli(*args: str) -> list[str]:
-    """A Linewatch command as this Python runs it (`python -m trainer fit ...`)."""
+    """A Linewatch command as this Python runs it (`python -m linewatch.trainer fit ...`)."""
     return [sys.executable, "-m", *args]
 
 
@@ -153,7 +153,7 @@ class Demo:
 
     # -- 1. data
     def generate(self) -> None:
-        from trainer.data.generate import generate_dataset, generate_video, read_video
+        from linewatch.trainer.data.generate import generate_dataset, generate_video, read_video
 
         p = self.plan
         self.steps(
@@ -195,7 +195,7 @@ class Demo:
             f"val_fraction = {p.val_fraction}\n[patchcore]\nbudget = {p.budget}\n"
         )
         argv = [
-            *cli("trainer", "fit"),
+            *cli("linewatch.trainer", "fit"),
             "--data", f"mvtec:{self.d['dataset']}", "--tasks", ",".join(p.products),
             "--method", "patchcore", "--strategy", "cl", "--out", str(self.d["run"]),
             "--config", str(config), "--image-size", str(p.size), "--no-progress",
@@ -212,19 +212,19 @@ class Demo:
 
     # -- 3. export, sign, publish
     def export(self) -> None:
-        from deploy.refresh.publish import LocalStore
+        from linewatch.deploy.refresh.publish import LocalStore
 
         self.steps(
             "export", "Signing key, signed bundle (ONNX graph + memory bank + golden samples), bundle store"
         )
         keys, first = self.d["keys"], self.d["work"] / "bundle-first"
-        self.tool("keygen", cli("export", "keygen", "--out", str(keys)), "export.log")
+        self.tool("keygen", cli("linewatch.export", "keygen", "--out", str(keys)), "export.log")
         export = cli(
             "export", "--run", str(self.d["run"]), "--out", str(first), "--store", str(self.d["store"])
         )
         self.tool("export", [*export, "--sign-key", str(keys / "linewatch.key")], "export.log")
         report = QuietJson()
-        verify = cli("edge", "verify", "--bundle", str(first), "--key", str(keys / "linewatch.pub"))
+        verify = cli("linewatch.edge", "verify", "--bundle", str(first), "--key", str(keys / "linewatch.pub"))
         self.tool("verify", verify, "export.log", echo=report)
         say(f"      verify | {report.verdict()}")
         published = LocalStore(self.d["store"]).publish(first)
@@ -245,7 +245,7 @@ class Demo:
             public_key=self.d["keys"] / "linewatch.pub", site=SITE, line=LINE, station=STATION,
         )  # fmt: skip
         argv = [
-            *cli("edge", "run"), "--bundle", str(self.d["store"]),
+            *cli("linewatch.edge", "run"), "--bundle", str(self.d["store"]),
             "--source", f"dir:{self.d['frames']}", "--camera", CAMERA,
             "--mqtt", self.broker.url, "--config", str(edge_toml),
         ]  # fmt: skip
@@ -314,7 +314,7 @@ class Demo:
             confirm_timeout_s=p.confirm_timeout_s,
         )  # fmt: skip
         say(f"      refresh config: {self.refresh_config}")
-        status = cli("deploy.refresh", "status", "--live", "--config", str(self.refresh_config))
+        status = cli("linewatch.deploy.refresh", "status", "--live", "--config", str(self.refresh_config))
         self.tool("status", status, "refresh.log")
         board.quiet, before, t0 = True, len(board.verdicts), time.monotonic()
         say(f"      (verdicts keep coming at {p.background_fps:g}/s; the table pauses during the refresh)")
@@ -327,7 +327,7 @@ class Demo:
             )
 
         with Background(self.camera, self.production(), p.background_fps, beat) as line:
-            run = cli("deploy.refresh", "run", "--config", str(self.refresh_config))
+            run = cli("linewatch.deploy.refresh", "run", "--config", str(self.refresh_config))
             code = run_tool("refresh", run, self.d["logs"] / "refresh.log", echo=QuietJson("refresh"))
             time.sleep(max(2.0, 3.0 / p.background_fps))  # a few frames after the switch, both versions shown
         board.quiet = False
@@ -348,7 +348,7 @@ class Demo:
             "after",
             f"The switch, on the store and on the edge's status; {p.new_product} again, on the new model",
         )
-        status = cli("deploy.refresh", "status", "--live", "--config", str(self.refresh_config))
+        status = cli("linewatch.deploy.refresh", "status", "--live", "--config", str(self.refresh_config))
         self.tool("status", status, "refresh.log")
         during = board.of(self.during)
         switch = next((i for i in range(1, len(during)) if during[i].version != during[i - 1].version), None)
@@ -444,7 +444,7 @@ class Demo:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.demo",
+        prog="python -m linewatch.deploy.demo",
         description="The whole Linewatch line on this machine: data, training, signed bundle, broker, "
         "edge, live verdicts, one refresh with a new product, and a summary.",
     )

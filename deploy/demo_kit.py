@@ -308,7 +308,7 @@ def prepare_out(out: Path, marker: str, folders: Iterable[Path]) -> None:
             raise UsageError(f"{out} exists and was not made by the demo; choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / marker).write_text("made by python -m deploy.demo; removed by the next demo run\n")
+    (out / marker).write_text("made by python -m linewatch.deploy.demo; removed by the next demo run\n")
     for path in folders:
         path.mkdir(parents=True, exist_ok=True)
 

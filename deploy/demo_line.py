@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.demo_kit import DemoError, say
+from linewatch.deploy.demo_kit import DemoError, say
 
 
 @dataclass

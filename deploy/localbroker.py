@@ -6,7 +6,7 @@ same port while clients keep reconnecting: a port in the ephemeral range can mea
 some outgoing connection's source port (even a TCP self-connection to 127.0.0.1:port), and the
 broker could not bind it again.
 
-Why ``deploy/``: the demo (``python -m deploy.demo``) starts a broker and ships in the package, so
+Why ``deploy/``: the demo (``python -m linewatch.deploy.demo``) starts a broker and ships in the package, so
 the kit cannot live under ``tests/``; it is not ``contract/`` either, because the edge never starts
 a broker (it only connects to one).
 """

@@ -1,7 +1,7 @@
-"""``python -m edge``: the same as the ``linewatch-edge`` command."""
+"""``python -m linewatch.edge``: the same as the ``linewatch-edge`` command."""
 
 import sys
 
-from edge.cli import main
+from linewatch.edge.cli import main
 
 sys.exit(main())

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge.config import BACKEND_NAMES, ConfigError, EdgeConfig, load_config
-from edge.logs import setup_logging
+from linewatch.edge.config import BACKEND_NAMES, ConfigError, EdgeConfig, load_config
+from linewatch.edge.observability.logs import setup_logging
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUNDLE, EXIT_BACKEND, EXIT_GOLDEN = 0, 1, 2, 3, 4, 5
 
-log = logging.getLogger("edge.cli")
+log = logging.getLogger("linewatch.edge.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +69,9 @@ def _config(args: argparse.Namespace) -> EdgeConfig:
 
 
 def _run(args: argparse.Namespace, cfg: EdgeConfig) -> int:
-    from edge.backends import BackendUnavailable
-    from edge.bundle import BundleError
-    from edge.runtime import EdgeRuntime
+    from linewatch.edge.inference.backends import BackendUnavailable
+    from linewatch.edge.model.bundle import BundleError
+    from linewatch.edge.runtime import EdgeRuntime
 
     if args.max_frames is not None and args.max_frames < 1:
         print("linewatch-edge: --max-frames must be >= 1", file=sys.stderr)
@@ -109,9 +109,9 @@ def _run(args: argparse.Namespace, cfg: EdgeConfig) -> int:
 
 
 def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
-    from edge.backends import BackendUnavailable, select_backend
-    from edge.bundle import BundleError, open_bundle
-    from edge.model_manager import is_store, store_target
+    from linewatch.edge.inference.backends import BackendUnavailable, select_backend
+    from linewatch.edge.model.bundle import BundleError, open_bundle
+    from linewatch.edge.model.manager import is_store, store_target
 
     path = store_target(args.bundle) if is_store(args.bundle) else args.bundle
     key = args.key or cfg.reload.key

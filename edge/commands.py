@@ -17,10 +17,10 @@ from typing import Any
 
 import jsonschema
 
-from edge import payloads
-from edge.logs import RepeatLimiter
-from edge.mqtt import response_properties
-from edge.postprocess import frame_jpeg, overlay_jpeg
+from linewatch.edge.inference.postprocess import frame_jpeg, overlay_jpeg
+from linewatch.edge.observability.logs import RepeatLimiter
+from linewatch.edge.publish import payloads
+from linewatch.edge.publish.mqtt import response_properties
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log

@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from contract.config_loader import LayeredSettings, load_settings
-from contract.errors import ConfigError
+from linewatch.contract.config_loader import LayeredSettings, load_settings
+from linewatch.contract.errors import ConfigError
 
 ENV_PREFIX = "LINEWATCH_EDGE_"
 BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")

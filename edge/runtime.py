@@ -10,7 +10,7 @@ Faults that last (broker away, disk full under the outbox, a camera stalling) ar
 places, each counting every event: the metrics topic and Prometheus (connect failures, disconnects,
 outbox drops and unstored verdicts, source stalls), the retained status (an ``outbox`` object while
 verdicts are dropped or lost, re-published when that changes) and ``/healthz`` detail. The log says
-it too, rate-limited (``edge.logs.RepeatLimiter``).
+it too, rate-limited (``edge.observability.logs.RepeatLimiter``).
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edge import payloads, sdnotify
-from edge.camera import Camera
-from edge.commands import CommandHandler
-from edge.config import EdgeConfig
-from edge.logs import RepeatLimiter
-from edge.model_manager import LoadedModel, ModelManager
-from edge.mqtt import MqttLink
-from edge.observability import MetricsServer, Telemetry
-from edge.outbox import Outbox
-from edge.pipeline import InferenceWorker, PostprocessWorker, Scored
-from edge.queues import BoundedQueue
-from edge.stats import STAGES
+from linewatch.edge.capture.camera import Camera
+from linewatch.edge.capture.queues import BoundedQueue
+from linewatch.edge.commands import CommandHandler
+from linewatch.edge.config import EdgeConfig
+from linewatch.edge.frame_path import InferenceWorker, PostprocessWorker, Scored
+from linewatch.edge.model.manager import LoadedModel, ModelManager
+from linewatch.edge.observability import sdnotify
+from linewatch.edge.observability.logs import RepeatLimiter
+from linewatch.edge.observability.stats import STAGES
+from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
+from linewatch.edge.publish import payloads
+from linewatch.edge.publish.mqtt import MqttLink
+from linewatch.edge.publish.outbox import Outbox
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)

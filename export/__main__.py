@@ -1,7 +1,7 @@
-"""`python -m export` is `linewatch-export`."""
+"""`python -m linewatch.export` is `linewatch-export`."""
 
 import sys
 
-from export.cli import main
+from linewatch.export.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Write a model bundle: ONNX graph, data arrays, golden samples, manifest, signature, engines.
 
-Why this shape (see DESIGN.md "The model bundle" and `edge/bundle.py`):
+Why this shape (see DESIGN.md "The model bundle" and `edge/model/bundle.py`):
 
 - Atomic: everything is written into a temp directory beside the target, verified
   with the edge's own `open_bundle`, and only then renamed into place. A box or a
@@ -38,10 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from contract.bundle_tar import write_tar
-from contract.errors import BundleError
-from contract.geometry import Geometry
-from contract.manifest import (
+from linewatch.contract.bundle_tar import write_tar
+from linewatch.contract.errors import BundleError
+from linewatch.contract.geometry import Geometry
+from linewatch.contract.manifest import (
     MODEL_NAME,
     new_manifest,
     read_manifest,
@@ -50,14 +50,14 @@ from contract.manifest import (
     write_golden,
     write_manifest,
 )
-from contract.store import bundles_in, versions_of
-from edge import signing
-from edge.bundle import Bundle, open_bundle
-from export.checks import CheckLimits, StaticReport, run_static_checks
-from export.graph_structure import structure_sha256
-from export.onnx_export import ExportError, OnnxExport, export_onnx
-from export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
-from trainer.methods.base import ScoringGraph
+from linewatch.contract.store import bundles_in, versions_of
+from linewatch.edge.model import signing
+from linewatch.edge.model.bundle import Bundle, open_bundle
+from linewatch.export.checks import CheckLimits, StaticReport, run_static_checks
+from linewatch.export.graph_structure import structure_sha256
+from linewatch.export.onnx_export import ExportError, OnnxExport, export_onnx
+from linewatch.export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
+from linewatch.trainer.methods.base import ScoringGraph
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def write_bundle(
             log.info("bank-only refresh reuses the base bundle's engines; --tensorrt ignored")
             tensorrt = False
     if tensorrt:  # fail before minutes of export, not after
-        from edge import trt_build
+        from linewatch.edge.model import trt_build
 
         ok, reason = trt_build.tensorrt_available()
         if not ok:
@@ -451,7 +451,7 @@ def _build_engines(
     refit: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """Build one plan per precision, check each on the golden frames, return manifest entries."""
-    from edge import trt_build
+    from linewatch.edge.model import trt_build
 
     ok, reason = trt_build.tensorrt_available()
     if not ok:
@@ -470,7 +470,7 @@ def _build_engines(
             structure_sha256=refit["structure_sha256"],
             timing_cache=cache_dir / f".{trt_build.timing_cache_name(info)}",
         )
-        from export.trt_verify import engine_infer
+        from linewatch.export.trt_verify import engine_infer
 
         outs = engine_infer(plan, dict(graph.data_inputs), golden, max_batch)
         # FP16 engines get the same tolerance: the edge applies it too, so fail early here.

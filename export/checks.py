@@ -31,8 +31,8 @@ from typing import Any
 
 import onnx
 
-from contract.graph_io import BATCH_DIM, FRAMES
-from export.shapes import infer_shapes
+from linewatch.contract.graph_io import BATCH_DIM, FRAMES
+from linewatch.export.shapes import infer_shapes
 
 TRT_OPS_VERSION = "TensorRT 8.6 ONNX parser (opset <= 17); TensorRT 10.x supports a superset"
 TRT_MAX_OPSET = 17

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _keygen(argv: Sequence[str]) -> int:
-    from edge import signing
+    from linewatch.edge.model import signing
 
     p = argparse.ArgumentParser(prog="linewatch-export keygen", description="Create a signing key.")
     p.add_argument("--out", required=True, type=Path, help="key directory")
@@ -97,12 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("linewatch-export: --max-batch must be >= 1 and --golden in 1..8", file=sys.stderr)
         return 2
 
-    from edge.bundle import BundleError
-    from edge.signing import SignatureError
-    from export.bundle_writer import write_bundle
-    from export.checks import CheckLimits
-    from export.onnx_export import ExportError
-    from export.run_source import load_run_for_export
+    from linewatch.edge.model.bundle import BundleError
+    from linewatch.edge.model.signing import SignatureError
+    from linewatch.export.bundle_writer import write_bundle
+    from linewatch.export.checks import CheckLimits
+    from linewatch.export.onnx_export import ExportError
+    from linewatch.export.run_source import load_run_for_export
 
     t0 = time.perf_counter()
     try:

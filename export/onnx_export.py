@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import torch
 
-from contract.graph_io import (
+from linewatch.contract.graph_io import (
     ANOMALY_MAP,
     BATCH_DIM,
     FRAMES,
@@ -42,8 +42,8 @@ from contract.graph_io import (
     TASK,
     output_shapes,
 )
-from export.shapes import infer_shapes
-from trainer.methods.base import ScoringGraph
+from linewatch.export.shapes import infer_shapes
+from linewatch.trainer.methods.base import ScoringGraph
 
 log = logging.getLogger(__name__)
 

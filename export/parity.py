@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.graph_io import FRAMES, OUTPUT_NAMES
-from edge.bundle import GoldenReport
-from trainer.methods.base import ScoringGraph
+from linewatch.contract.graph_io import FRAMES, OUTPUT_NAMES
+from linewatch.edge.model.bundle import GoldenReport
+from linewatch.trainer.methods.base import ScoringGraph
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # maps (N,H,W), scores (N,), tasks (N,)
 

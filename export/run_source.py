@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from export.bundle_writer import BundleInfo
-from export.onnx_export import ExportError
-from trainer.methods.base import ScoringGraph
+from linewatch.export.bundle_writer import BundleInfo
+from linewatch.export.onnx_export import ExportError
+from linewatch.trainer.methods.base import ScoringGraph
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _task_samples(spec: str, task: str) -> Any | None:
-    from trainer.data import DatasetError, load_task
+    from linewatch.trainer.data import DatasetError, load_task
 
     try:
         return load_task(spec, task)
@@ -64,7 +64,7 @@ def golden_from_data(
     (or its letterboxed picture). Returns (frames or None, image counts per task) — the counts
     go into provenance.
     """
-    from trainer.data import image_size, read_images
+    from linewatch.trainer.data import image_size, read_images
 
     counts: dict[str, Any] = {}
     per_task: list[list[Path]] = []
@@ -97,8 +97,8 @@ def golden_from_data(
 
 
 def _golden_tiles(paths: list[Path], geometry: dict[str, Any], input_hw: tuple[int, int]) -> np.ndarray:
-    from contract.geometry import Geometry
-    from trainer.data import image_size, read_images
+    from linewatch.contract.geometry import Geometry
+    from linewatch.trainer.data import image_size, read_images
 
     g = Geometry.from_dict(geometry, input_hw)
     frames = read_images(paths, g.frame_hw or image_size(paths[0]))
@@ -108,7 +108,7 @@ def _golden_tiles(paths: list[Path], geometry: dict[str, Any], input_hw: tuple[i
 
 def synthetic_golden(input_hw: tuple[int, int], n: int = 3, seed: int = 0) -> np.ndarray:
     """Deterministic textured frames, for runs whose data is not on this machine."""
-    from export.toy import toy_frames
+    from linewatch.export.toy import toy_frames
 
     good = toy_frames(n - 1, input_hw, seed=seed)
     bad = toy_frames(1, input_hw, seed=seed + 1, defect=True)
@@ -119,7 +119,7 @@ def load_run_for_export(
     run_dir: str | Path, task: str | None = None, name: str | None = None, n_golden: int = 4
 ) -> RunExport:
     """The scoring graph, manifest facts and golden frames of a trainer run."""
-    from trainer.runs import RunError, load_run
+    from linewatch.trainer.runs import RunError, load_run
 
     run_dir = Path(run_dir).resolve()
     try:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.methods.base import ScoringGraph
+from linewatch.trainer.methods.base import ScoringGraph
 
 
 class ToyScorer(nn.Module):
@@ -136,7 +136,7 @@ def write_toy_bundle(out: str | Path, graph: ScoringGraph | None = None, **kwarg
     For tests of anything that consumes bundles (the edge runtime, the refresh job):
     seconds to write, a real ONNX graph, real golden samples.
     """
-    from export.bundle_writer import BundleInfo, write_bundle
+    from linewatch.export.bundle_writer import BundleInfo, write_bundle
 
     g = graph or toy_scoring_graph()
     info = BundleInfo(
@@ -146,8 +146,8 @@ def write_toy_bundle(out: str | Path, graph: ScoringGraph | None = None, **kwarg
         backbone="toy-conv",
         tasks=list(g.meta.get("tasks", ["task0"])),
         calibration=dict(g.meta.get("calibration", {})),
-        provenance={"data": "export.toy synthetic frames"},
-        golden_source="export.toy.toy_golden",
+        provenance={"data": "linewatch.export.toy synthetic frames"},
+        golden_source="linewatch.export.toy.toy_golden",
     )
     golden = kwargs.pop("golden_inputs", None)
     return write_bundle(

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.graph_io import ANOMALY_MAP, FRAMES, SCORE, TASK
+from linewatch.contract.graph_io import ANOMALY_MAP, FRAMES, SCORE, TASK
 
 Outputs = tuple[np.ndarray, np.ndarray, np.ndarray]
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from polling import wait_for
 
-from deploy.localbroker import MOSQUITTO, LocalBroker, free_port
+from linewatch.deploy.localbroker import MOSQUITTO, LocalBroker, free_port
 
 # One kit for the tests, the demo and the benchmarks (deploy/localbroker.py); the names stay here too.
 Broker = LocalBroker

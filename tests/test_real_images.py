@@ -62,7 +62,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data.subset import link_subset
+    from linewatch.trainer.data.subset import link_subset
 
     out = tmp_path_factory.mktemp("devset-subset")
     for root, task in TASKS:
@@ -76,7 +76,7 @@ def run(subset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     import contextlib
     import io
 
-    from trainer.cli import main
+    from linewatch.trainer.cli import main
 
     run_dir = tmp_path_factory.mktemp("runs") / "default"
     printed = io.StringIO()
@@ -92,7 +92,7 @@ def run(subset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 
 @pytest.fixture(scope="module")
 def bundle(run: tuple[Path, dict, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.cli import main
+    from linewatch.export.cli import main
 
     out = tmp_path_factory.mktemp("store") / "default-v1"
     assert main(["--run", str(run[0]), "--out", str(out)]) == 0
@@ -130,12 +130,12 @@ def test_the_edge_scores_native_frames_exactly_as_the_trainer(
     mqtt_recorder: Any,
     tmp_path: Path,
 ) -> None:
-    from edge import payloads
-    from edge.config import load_config
-    from edge.runtime import EdgeRuntime
-    from trainer import metrics as M
-    from trainer.data import load_task, read_images
-    from trainer.runs import load_run
+    from linewatch.edge.config import load_config
+    from linewatch.edge.publish import payloads
+    from linewatch.edge.runtime import EdgeRuntime
+    from linewatch.trainer import metrics as M
+    from linewatch.trainer.data import load_task, read_images
+    from linewatch.trainer.runs import load_run
 
     run_dir, metrics, _ = run
     camera = tmp_path / "camera"

@@ -7,7 +7,7 @@ overlap, 32 px mirrored margin). Then:
 1. the tiled model finds the defects the resize model misses (image AUROC side by side, metrics on
    full-resolution masks and stitched full-frame maps);
 2. the tiled run exports a bundle whose manifest carries the geometry and a max_batch that holds a
-   frame's tiles; the edge (onnxruntime, edge/tiling.py) gives the trainer's stitched map and score on
+   frame's tiles; the edge (onnxruntime, edge/inference/frame_scorer.py) gives the trainer's stitched map and score on
    the same frame, and its regions, in full-frame pixels, land on the true defects;
 3. a 2048x1536 video of the same part runs through the edge with a real mosquitto broker.
 
@@ -51,7 +51,7 @@ def one_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("large")
     generate_dataset(
@@ -62,8 +62,8 @@ def large_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(data: Path, out: Path, geometry: dict[str, Any]) -> dict[str, Any]:
-    from trainer.config import TrainConfig
-    from trainer.continual import fit
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.continual import fit
 
     cfg = TrainConfig(
         method="patchcore", image_size=(256, 256), progress=False, report=False, min_val=2,
@@ -83,8 +83,8 @@ def runs(large_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 @pytest.fixture(scope="module")
 def bundle(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.bundle_writer import write_bundle
-    from export.run_source import load_run_for_export
+    from linewatch.export.bundle_writer import write_bundle
+    from linewatch.export.run_source import load_run_for_export
 
     run = load_run_for_export(runs["tile"][0])
     out = tmp_path_factory.mktemp("store") / "patchcore-v1"
@@ -93,8 +93,8 @@ def bundle(runs: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_generated_defects_are_3_to_15_px(large_data: Path) -> None:
-    from trainer.data import imread_mask, load_task
-    from trainer.data.synth import bbox_of
+    from linewatch.trainer.data import imread_mask, load_task
+    from linewatch.trainer.data.synth import bbox_of
 
     split = load_task(f"mvtec:{large_data}", TASK)
     masks = [imread_mask(s.mask_path) for s in split.test if s.label == 1]
@@ -121,8 +121,15 @@ def test_tiled_model_finds_the_small_defects_the_resize_model_misses(runs: dict)
     assert saved["learn_frame_size"] is True and saved["reason"] is None  # an explicit tile, not auto
 
 
+def _hits(region: Any, truth: Any) -> bool:
+    """A region's (x, y, w, h) box overlaps a true defect's (x0, y0, x1, y1) corners."""
+    x, y, w, h = region
+    x0, y0, x1, y1 = truth
+    return x < x1 and x0 < x + w and y < y1 and y0 < y + h
+
+
 def _test_frames(large_data: Path) -> tuple[np.ndarray, np.ndarray, list[Any]]:
-    from trainer.data import load_task, read_images, read_masks
+    from linewatch.trainer.data import load_task, read_images, read_masks
 
     split = load_task(f"mvtec:{large_data}", TASK)
     hw = (FRAME_WH[1], FRAME_WH[0])
@@ -136,14 +143,14 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 ) -> None:
     import cv2
 
-    from contract.geometry import Geometry
-    from edge.backends.onnxruntime import OrtBackend
-    from edge.bundle import open_bundle
-    from edge.config import BackendConfig
-    from edge.postprocess import find_regions
-    from edge.tiling import FrameScorer
-    from trainer.data.synth import bbox_of
-    from trainer.runs import load_run
+    from linewatch.contract.geometry import Geometry
+    from linewatch.edge.config import BackendConfig
+    from linewatch.edge.inference.backends.onnxruntime import OrtBackend
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+    from linewatch.edge.inference.postprocess import find_regions
+    from linewatch.edge.model.bundle import open_bundle
+    from linewatch.trainer.data.synth import bbox_of
+    from linewatch.trainer.runs import load_run
 
     b = open_bundle(bundle)
     learner, _ = load_run(runs["tile"][0])
@@ -165,9 +172,7 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
             continue
         flagged += 1
         top = max(find_regions(e.anomaly_map, hw, 0.5), key=lambda r: r.peak)
-        x0, y0, x1, y1 = bbox_of(mask)
-        x, y, w, h = top.bbox
-        assert x < x1 and x0 < x + w and y < y1 and y0 < y + h, (top, (x0, y0, x1, y1), sample.path)
+        assert _hits(top.bbox, bbox_of(mask)), (top, bbox_of(mask), sample.path)
     assert flagged >= sum(s.label for s in samples) // 2
 
     # the edge's stitched map and score equal the trainer's on the same frames
@@ -184,10 +189,10 @@ def test_edge_honours_the_bundle_geometry_and_matches_the_trainer(
 def test_a_2048x1536_stream_runs_through_the_edge_with_a_real_broker(
     bundle: Path, mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path
 ) -> None:
-    from edge import payloads
-    from edge.config import load_config
-    from edge.runtime import EdgeRuntime
-    from trainer.data.generate import generate_video
+    from linewatch.edge.config import load_config
+    from linewatch.edge.publish import payloads
+    from linewatch.edge.runtime import EdgeRuntime
+    from linewatch.trainer.data.generate import generate_video
 
     video = tmp_path / "line.avi"
     # Frames are brought to the bundle's frame size (1024x768) and tiled; maps and regions come back in
@@ -227,6 +232,5 @@ def test_a_2048x1536_stream_runs_through_the_edge_with_a_real_broker(
         truth = truths[doc["source"]["pos"]]
         assert doc["anomalous"] == truth.defective, (doc["score"], truth)
         if truth.defective:
-            x0, y0, x1, y1 = truth.bbox
-            x, y, w, h = max(doc["regions"], key=lambda r: r["peak"])["bbox"]
-            assert x < x1 and x0 < x + w and y < y1 and y0 < y + h, (doc["regions"], truth.bbox)
+            top = max(doc["regions"], key=lambda r: r["peak"])
+            assert _hits(top["bbox"], truth.bbox), (doc["regions"], truth.bbox)

@@ -47,7 +47,7 @@ def limit_threads() -> None:
 
 
 def teacher_config():  # -> DistillConfig
-    from trainer.methods.efficientad.distill import DistillConfig
+    from linewatch.trainer.methods.efficientad.distill import DistillConfig
 
     return DistillConfig(
         size="s",
@@ -64,7 +64,7 @@ def teacher_config():  # -> DistillConfig
 
 def train_config(method: str, strategy: str, teacher: Path | None = None, **overrides: Any):  # -> TrainConfig
     """The test config of one method and strategy; `overrides` go into the method's section."""
-    from trainer.config import TrainConfig
+    from linewatch.trainer.config import TrainConfig
 
     image_size = overrides.pop("image_size", HW)
     if method == "efficientad":
@@ -106,7 +106,7 @@ class TrainedKit:
 
     def data(self) -> Path:
         if self._data is None:
-            from trainer.data.generate import generate_dataset
+            from linewatch.trainer.data.generate import generate_dataset
 
             root = self.base / "data"
             generate_dataset(
@@ -121,7 +121,7 @@ class TrainedKit:
 
     def teacher(self) -> Path:
         if self._teacher is None:
-            from trainer.methods.efficientad.distill import cached_teacher
+            from linewatch.trainer.methods.efficientad.distill import cached_teacher
 
             t0 = time.perf_counter()
             self._teacher = cached_teacher(teacher_config(), self.base / "teachers", progress=False)
@@ -132,7 +132,7 @@ class TrainedKit:
         """(run dir, metrics.json) of `method` under `strategy` on the three tasks."""
         key = (method, strategy)
         if key not in self.runs:
-            from trainer.continual import fit
+            from linewatch.trainer.continual import fit
 
             teacher = self.teacher() if method == "efficientad" else None
             out = self.base / f"run-{method}-{strategy}"
@@ -148,7 +148,7 @@ class TrainedKit:
     def keys(self) -> tuple[Path, Path]:
         """(private, public) Ed25519 signing keys."""
         if self._keys is None:
-            from edge.signing import generate_keypair
+            from linewatch.edge.model.signing import generate_keypair
 
             self._keys = generate_keypair(self.base / "keys")
         return self._keys
@@ -156,7 +156,7 @@ class TrainedKit:
     def bundle(self, method: str) -> Path:
         """The replay run exported by the real `linewatch-export` command, signed; once per method."""
         if method not in self.bundles:
-            from export.cli import main as export_main
+            from linewatch.export.cli import main as export_main
 
             run_dir, _ = self.run(method, "replay")
             out = self.base / "store" / f"{method}-v1"

@@ -9,10 +9,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from trainer.backbones import BackboneWeightsError
-from trainer.config import ConfigError, load_config
-from trainer.data import DatasetError
-from trainer.runs import RunError
+from linewatch.trainer.backbones import BackboneWeightsError
+from linewatch.trainer.config import ConfigError, load_config
+from linewatch.trainer.data import DatasetError
+from linewatch.trainer.runs import RunError
 
 
 def _tasks(text: str) -> list[str]:
@@ -29,9 +29,9 @@ def _size(text: str) -> tuple[int, int]:
 
 def _method_help() -> tuple[str, str, str]:
     """(--method help, --strategy help, the config sections epilog), all from the method registry."""
-    from trainer.config import TrainConfig
-    from trainer.learner import PROTOCOL_STRATEGIES
-    from trainer.methods.registry import methods
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.learner import PROTOCOL_STRATEGIES
+    from linewatch.trainer.methods.registry import methods
 
     registered = methods()
     default = TrainConfig.model_fields["method"].default
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write synthetic MVTec-layout tasks (see trainer.data.generate)")
     gen.add_argument("args", nargs=argparse.REMAINDER)
 
-    from trainer.methods.efficientad.distill import add_arguments as add_distill_arguments
+    from linewatch.trainer.methods.efficientad.distill import add_arguments as add_distill_arguments
 
     dist = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher offline, cached")
     add_distill_arguments(dist)
@@ -147,15 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = build_parser().parse_known_args(argv)
     if extra and args.command != "generate":
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    from trainer import continual
+    from linewatch.trainer import continual
 
     try:
         if args.command == "generate":
-            from trainer.data.generate import main as generate_main
+            from linewatch.trainer.data.generate import main as generate_main
 
             return generate_main([*extra, *args.args])
         if args.command == "distill-teacher":
-            from trainer.methods.efficientad.distill import run as distill_run
+            from linewatch.trainer.methods.efficientad.distill import run as distill_run
 
             return distill_run(args)
         if args.command == "fit":

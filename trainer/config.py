@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import PydanticBaseSettingsSource, SettingsConfigDict
 
-from contract.config_loader import LayeredSettings, load_settings
-from contract.errors import ConfigError  # noqa: F401 - re-exported: trainer.cli and the tests import it here
+from linewatch.contract.config_loader import LayeredSettings, load_settings
+from linewatch.contract.errors import ConfigError  # noqa: F401 - re-exported: trainer.cli and the tests import it here
 
 if TYPE_CHECKING:
-    from trainer.methods.base import CommonSettings
+    from linewatch.trainer.methods.base import CommonSettings
 
 
 class GeometryConfig(BaseModel):
@@ -88,7 +88,7 @@ class TrainConfig(LayeredSettings):
     @model_validator(mode="before")
     @classmethod
     def _method_sections(cls, data: Any) -> Any:
-        from trainer.methods.sections import validate_sections
+        from linewatch.trainer.methods.sections import validate_sections
 
         return validate_sections(data, cls.model_fields, cls.__name__)
 
@@ -104,7 +104,7 @@ class TrainConfig(LayeredSettings):
         """`fit --method efficientad` must just work: memory-bank methods default to `cl`, trained ones
         to `replay`, each method's own first strategy, so no default is refused by the method."""
         if self.strategy is None:
-            from trainer.methods.registry import method_class
+            from linewatch.trainer.methods.registry import method_class
 
             self.strategy = method_class(self.method).strategies[0]
         return self
@@ -147,7 +147,7 @@ class TrainConfig(LayeredSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Overrides (CLI flags), then the environment, then the file (contract/config_loader.py). The
         # method sections are not declared fields, so their variables are read by a source of their own.
-        from trainer.methods.sections import sections_env
+        from linewatch.trainer.methods.sections import sections_env
 
         overrides, env, *rest = super().settings_customise_sources(
             settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
@@ -163,7 +163,7 @@ class TrainConfig(LayeredSettings):
 
     def method_settings(self) -> CommonSettings:
         """What every method takes from the top-level keys (its own section is `section(method)`)."""
-        from trainer.methods.base import CommonSettings
+        from linewatch.trainer.methods.base import CommonSettings
 
         return CommonSettings(
             backbone=self.backbone,

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from contract.geometry import choose_geometry
-from trainer import metrics as M
-from trainer.config import TrainConfig
-from trainer.data import DatasetError, image_size, load_task, read_images, read_masks, take_frames
-from trainer.learner import Learner, TaskData
-from trainer.report import TaskEval, write_report
-from trainer.runs import load_run, save_run
+from linewatch.contract.geometry import choose_geometry
+from linewatch.trainer import metrics as M
+from linewatch.trainer.config import TrainConfig
+from linewatch.trainer.data import DatasetError, image_size, load_task, read_images, read_masks, take_frames
+from linewatch.trainer.learner import Learner, TaskData
+from linewatch.trainer.report import TaskEval, write_report
+from linewatch.trainer.runs import load_run, save_run
 
 # Beside DESIGN.md's metrics: F1 of the verdicts at the calibrated threshold (0.5), which is
 # what a line actually runs on; the max-F1 and AUROC metrics ignore calibration.

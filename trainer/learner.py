@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from contract.geometry import Geometry
-from trainer.config import TrainConfig
-from trainer.data.images import Frames, concat_frames
-from trainer.methods.base import Method, Prediction
-from trainer.methods.registry import create_method, method_class
+from linewatch.contract.geometry import Geometry
+from linewatch.trainer.config import TrainConfig
+from linewatch.trainer.data.images import Frames, concat_frames
+from linewatch.trainer.methods.base import Method, Prediction
+from linewatch.trainer.methods.registry import create_method, method_class
 
 PROTOCOL_STRATEGIES = ("joint", "single")
 

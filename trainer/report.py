@@ -27,7 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from trainer.metrics import METRIC_NAMES
+from linewatch.trainer.metrics import METRIC_NAMES
 
 __all__ = ["TaskEval", "select_examples", "write_report"]
 

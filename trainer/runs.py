@@ -15,8 +15,8 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from trainer.config import TrainConfig, config_from_values
-from trainer.learner import Learner
+from linewatch.trainer.config import TrainConfig, config_from_values
+from linewatch.trainer.learner import Learner
 
 RUN_FORMAT = 1
 

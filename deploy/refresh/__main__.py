@@ -1,7 +1,7 @@
-"""`python -m deploy.refresh` is `linewatch-refresh`."""
+"""`python -m linewatch.deploy.refresh` is `linewatch-refresh`."""
 
 import sys
 
-from deploy.refresh.cli import main
+from linewatch.deploy.refresh.cli import main
 
 sys.exit(main())

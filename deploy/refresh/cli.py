@@ -18,14 +18,14 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from deploy.refresh.codes import Exit
-from deploy.refresh.config import ConfigError, RefreshConfig, load_config, preflight
-from deploy.refresh.lock import LockBusy, RefreshLock
-from deploy.refresh.pipeline import new_run_id, run_refresh
-from deploy.refresh.publish import StoreError, open_store
-from deploy.refresh.rollback import choose_target, rollback_to
-from deploy.refresh.runlog import RunRecord, append_record, utc_now
-from deploy.refresh.status import collect_status, format_status
+from linewatch.deploy.refresh.codes import Exit
+from linewatch.deploy.refresh.config import ConfigError, RefreshConfig, load_config, preflight
+from linewatch.deploy.refresh.lock import LockBusy, RefreshLock
+from linewatch.deploy.refresh.publish import StoreError, open_store
+from linewatch.deploy.refresh.rollback import choose_target, rollback_to
+from linewatch.deploy.refresh.runlog import RunRecord, append_record, utc_now
+from linewatch.deploy.refresh.status import collect_status, format_status
+from linewatch.deploy.refresh.steps import new_run_id, run_refresh
 
 __all__ = ["build_parser", "main"]
 

@@ -30,8 +30,8 @@ try:  # pydantic-settings >= 2.7: lets a list come from a plain comma-separated 
 except ImportError:  # pragma: no cover - older pydantic-settings: env lists must be JSON
     NoDecode = None  # type: ignore[assignment,misc]
 
-from contract.config_loader import LayeredSettings, load_settings
-from contract.errors import ConfigError
+from linewatch.contract.config_loader import LayeredSettings, load_settings
+from linewatch.contract.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",

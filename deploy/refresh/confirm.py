@@ -19,7 +19,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from deploy.refresh.config import MqttConfig
+from linewatch.deploy.refresh.config import MqttConfig
 
 __all__ = ["ConfirmResult", "make_client", "read_status", "wait_for_version"]
 

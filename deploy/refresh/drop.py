@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.refresh.fsutil import fsync_dir, fsync_file
+from linewatch.deploy.refresh.fsutil import fsync_dir, fsync_file
 
 __all__ = ["IMAGE_EXTENSIONS", "DropItem", "DropScan", "apply_drop", "read_journal", "scan_drop", "undo_drop"]
 

@@ -29,9 +29,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from contract.errors import BundleError
-from contract.manifest import MANIFEST_NAME, MODEL_NAME
-from contract.store import (
+from linewatch.contract.errors import BundleError
+from linewatch.contract.manifest import MANIFEST_NAME, MODEL_NAME
+from linewatch.contract.store import (
     CURRENT,
     CURRENT_TMP_PREFIX,
     Published,
@@ -43,8 +43,14 @@ from contract.store import (
     point_current,
     read_identity,
 )
-from deploy.refresh.config import RefreshConfig
-from deploy.refresh.fsutil import copytree_durable, fsync_dir, fsync_file, random_suffix, remove_tree
+from linewatch.deploy.refresh.config import RefreshConfig
+from linewatch.deploy.refresh.fsutil import (
+    copytree_durable,
+    fsync_dir,
+    fsync_file,
+    random_suffix,
+    remove_tree,
+)
 
 __all__ = [
     "CURRENT",

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deploy.refresh.config import RefreshConfig
-from deploy.refresh.confirm import ConfirmResult, wait_for_version
-from deploy.refresh.publish import Published, Store, StoreError, parse_dirname
+from linewatch.deploy.refresh.config import RefreshConfig
+from linewatch.deploy.refresh.confirm import ConfirmResult, wait_for_version
+from linewatch.deploy.refresh.publish import Published, Store, StoreError, parse_dirname
 
 __all__ = ["RollbackResult", "choose_target", "rollback_to"]
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.refresh.config import RefreshConfig
-from deploy.refresh.confirm import read_status
-from deploy.refresh.publish import Store, StoreError
-from deploy.refresh.runlog import read_records
+from linewatch.deploy.refresh.config import RefreshConfig
+from linewatch.deploy.refresh.confirm import read_status
+from linewatch.deploy.refresh.publish import Store, StoreError
+from linewatch.deploy.refresh.runlog import read_records
 
 __all__ = ["collect_status", "format_status"]
 

@@ -1,7 +1,7 @@
 """The other parts' command-line tools, run as subprocesses.
 
 The refresh job never imports the trainer or the exporter: it runs
-`python -m trainer|export|edge` with the interpreter from the config, so the job
+`python -m linewatch.trainer|export|edge` with the interpreter from the config, so the job
 works with any venv layout, a crash in training cannot take the job down with it,
 and a step can be killed on timeout. Each wrapper is a plain function so the
 integration test can call the steps one by one with the real CLIs.
@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.refresh.config import RefreshConfig
-from deploy.refresh.gate import read_eval
+from linewatch.deploy.refresh.config import RefreshConfig
+from linewatch.deploy.refresh.gate import read_eval
 
 __all__ = [
     "RunInfo",
@@ -113,7 +113,7 @@ def read_run_info(run_dir: Path) -> RunInfo:
 
 
 def _module(cfg: RefreshConfig, name: str) -> list[str]:
-    return [cfg.python, "-m", name]
+    return [cfg.python, "-m", f"linewatch.{name}"]
 
 
 def _data_spec(cfg: RefreshConfig, root: Path) -> str:

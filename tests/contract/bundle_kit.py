@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from contract import manifest as mf
+from linewatch.contract import manifest as mf
 
 
 def write_tiny_bundle(root: Path, name: str = "tiny", version: int = 1, **extra: Any) -> dict[str, Any]:

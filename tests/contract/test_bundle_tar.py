@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from bundle_kit import write_tiny_bundle
 
-from contract import manifest as mf
-from contract.bundle_tar import extract_tar, write_tar
-from contract.errors import BundleError
+from linewatch.contract import manifest as mf
+from linewatch.contract.bundle_tar import extract_tar, write_tar
+from linewatch.contract.errors import BundleError
 
 
 def test_round_trip_is_reproducible_and_reuses_its_extraction(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import SettingsConfigDict
 
-from contract.config_loader import LayeredSettings, load_settings, read_toml
-from contract.errors import ConfigError
+from linewatch.contract.config_loader import LayeredSettings, load_settings, read_toml
+from linewatch.contract.errors import ConfigError
 
 
 class _Link(BaseModel):

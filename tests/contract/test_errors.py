@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from contract.errors import BundleError, ConfigError
+from linewatch.contract.errors import BundleError, ConfigError
 
 
 def test_every_part_names_the_same_config_error() -> None:
-    import deploy.refresh.config
-    import edge.config
-    import trainer.config
+    import linewatch.deploy.refresh.config
+    import linewatch.edge.config
+    import linewatch.trainer.config
 
-    assert edge.config.ConfigError is trainer.config.ConfigError is deploy.refresh.config.ConfigError
-    assert edge.config.ConfigError is ConfigError and issubclass(ConfigError, ValueError)
+    assert (
+        linewatch.edge.config.ConfigError
+        is linewatch.trainer.config.ConfigError
+        is linewatch.deploy.refresh.config.ConfigError
+    )
+    assert linewatch.edge.config.ConfigError is ConfigError and issubclass(ConfigError, ValueError)
 
 
 def test_every_part_names_the_same_bundle_error() -> None:
-    import deploy.refresh.publish
-    import edge.bundle
+    import linewatch.deploy.refresh.publish
+    import linewatch.edge.model.bundle
 
-    assert edge.bundle.BundleError is deploy.refresh.publish.BundleError is BundleError
+    assert (
+        linewatch.edge.model.bundle.BundleError is linewatch.deploy.refresh.publish.BundleError is BundleError
+    )
 
 
 def test_bundle_error_names_its_check_and_path() -> None:

@@ -8,8 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
-from contract.geometry import Geometry, combine_tasks, resize_frame, tile_boxes, tile_starts, tile_window
-from trainer.config import ConfigError, TrainConfig, load_config
+from linewatch.contract.geometry import (
+    Geometry,
+    combine_tasks,
+    resize_frame,
+    tile_boxes,
+    tile_starts,
+    tile_window,
+)
+from linewatch.trainer.config import ConfigError, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRIES = [
@@ -25,11 +32,16 @@ GEOMETRIES = [
 
 def test_trainer_and_edge_use_the_one_geometry_module() -> None:
     # One implementation, so the edge cuts and stitches exactly as training did: no copies to drift.
-    import edge.tiling
-    import trainer.learner
-    import trainer.methods.common
+    import linewatch.edge.inference.frame_scorer
+    import linewatch.trainer.learner
+    import linewatch.trainer.methods.common
 
-    assert edge.tiling.Geometry is trainer.learner.Geometry is trainer.methods.common.Geometry is Geometry
+    assert (
+        linewatch.edge.inference.frame_scorer.Geometry
+        is linewatch.trainer.learner.Geometry
+        is linewatch.trainer.methods.common.Geometry
+        is Geometry
+    )
     assert not (ROOT / "trainer/geometry.py").exists() and not (ROOT / "edge/geometry.py").exists()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract import graph_io
+from linewatch.contract import graph_io
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from bundle_kit import write_tiny_bundle
 
-from contract import manifest as mf
-from contract.errors import BundleError
+from linewatch.contract import manifest as mf
+from linewatch.contract.errors import BundleError
 
 
 def test_written_manifest_carries_the_contract_and_passes_the_checks(tmp_path: Path) -> None:

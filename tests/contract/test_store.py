@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from bundle_kit import write_tiny_bundle
 
-from contract import store
-from contract.errors import BundleError
+from linewatch.contract import store
+from linewatch.contract.errors import BundleError
 
 
 def test_bundle_folder_names_sort_by_version_and_parse_back() -> None:

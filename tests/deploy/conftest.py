@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from deploy.localbroker import MOSQUITTO, LocalBroker
+from linewatch.deploy.localbroker import MOSQUITTO, LocalBroker
 
 
 @pytest.fixture(scope="module")

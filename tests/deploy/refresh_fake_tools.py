@@ -1,4 +1,4 @@
-"""Stand-in for `python -m trainer|export|edge` in the refresh pipeline tests.
+"""Stand-in for `python -m linewatch.trainer|export|edge` in the refresh pipeline tests.
 
 Honours the command-line contract from DESIGN.md (argument names, the
 metrics.json shape `eval --out` writes, the bundle manifest) with no model at all,
@@ -169,7 +169,7 @@ def edge_verify(o: argparse.Namespace, plan: dict) -> int:
             print(f"{name}: hash mismatch", file=sys.stderr)
             return 1
     info = manifest.get("bank_only")
-    if info:  # like edge.bundle: the base must be a published sibling of the bundle
+    if info:  # like edge.model.bundle: the base must be a published sibling of the bundle
         bases = [m for m in _manifests(bundle.parent) if m["model"]["version"] == info["base_version"]]
         if not bases or bases[0]["files"].get("model.onnx") != info["graph_sha256"]:
             print(f"refresh needs base bundle v{info['base_version']}; none found beside it", file=sys.stderr)
@@ -181,7 +181,8 @@ def edge_verify(o: argparse.Namespace, plan: dict) -> int:
 def main() -> int:
     args = sys.argv[1:]
     assert args[0] == "-m", args
-    module, rest = args[1], args[2:]
+    assert args[1].startswith("linewatch."), args  # the installed namespace
+    module, rest = args[1].removeprefix("linewatch."), args[2:]
     with open(os.environ["FAKE_TOOLS_CALLS"], "a") as fh:
         fh.write(json.dumps({"module": module, "args": rest}) + "\n")
     plan = _plan()

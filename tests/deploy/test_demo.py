@@ -1,6 +1,6 @@
 """`make demo`, CI-sized (`--fast`), end to end against a real mosquitto; and its small guards.
 
-The demo is run as `make demo` runs it (`python -m deploy.demo --out DIR`), in a subprocess,
+The demo is run as `make demo` runs it (`python -m linewatch.deploy.demo --out DIR`), in a subprocess,
 and judged on the `summary.json` it leaves, which records what the demo's own subscriber saw.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy import demo
-from deploy.localbroker import MOSQUITTO
+from linewatch.deploy import demo
+from linewatch.deploy.localbroker import MOSQUITTO
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def test_fast_demo_end_to_end(tmp_path: Path) -> None:
         pytest.skip("mosquitto is not installed (`make mosquitto`)")
     out = tmp_path / "demo-out"
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.demo", "--out", str(out), "--fast"],
+        [sys.executable, "-m", "linewatch.deploy.demo", "--out", str(out), "--fast"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -64,7 +64,7 @@ def test_refresh_units_contract() -> None:
     assert svc["SuccessExitStatus"] == ["75"]  # the lock-busy exit code of deploy.refresh.codes
     timer = _unit("linewatch-refresh.timer")["Timer"]
     assert timer["Persistent"] == ["true"] and timer["RandomizedDelaySec"] and timer["OnCalendar"]
-    from deploy.refresh.codes import Exit
+    from linewatch.deploy.refresh.codes import Exit
 
     assert int(svc["SuccessExitStatus"][0]) == Exit.LOCKED
 
@@ -154,7 +154,9 @@ def test_mosquitto_conf_shape() -> None:
 
 
 def test_example_edge_config_is_accepted_by_the_edge() -> None:
-    edge_config = pytest.importorskip("edge.config", reason="the edge package is not importable here")
+    edge_config = pytest.importorskip(
+        "linewatch.edge.config", reason="the edge package is not importable here"
+    )
     cfg = edge_config.load_config(DEPLOY / "systemd" / "edge.example.toml")
     assert cfg.topic.root("cam0") == "linewatch/plant1/line2/station3/cam0"
     assert cfg.reload.require_signature is True

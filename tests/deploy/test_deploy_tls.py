@@ -22,9 +22,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from deploy.localbroker import MOSQUITTO, LocalBroker, free_port
-from deploy.refresh.config import MqttConfig
-from deploy.refresh.confirm import wait_for_version
+from linewatch.deploy.localbroker import MOSQUITTO, LocalBroker, free_port
+from linewatch.deploy.refresh.config import MqttConfig
+from linewatch.deploy.refresh.confirm import wait_for_version
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto"
 ROOT = "linewatch/plant1/line2/station3/cam0"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.localbroker import MOSQUITTO, LocalBroker, accepting, ephemeral_range, free_port
+from linewatch.deploy.localbroker import MOSQUITTO, LocalBroker, accepting, ephemeral_range, free_port
 
 
 def test_free_ports_are_outside_the_ephemeral_range_and_bindable() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from refresh_testkit import write_config
 
-from deploy.refresh.config import ConfigError, load_config, preflight
-from deploy.refresh.publish import LocalStore, RemoteStore, open_store
+from linewatch.deploy.refresh.config import ConfigError, load_config, preflight
+from linewatch.deploy.refresh.publish import LocalStore, RemoteStore, open_store
 
 
 def test_loads_defaults_and_resolves_relative_paths(tmp_path: Path) -> None:

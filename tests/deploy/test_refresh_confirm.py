@@ -7,8 +7,8 @@ import time
 
 from refresh_testkit import publish_status
 
-from deploy.refresh.config import MqttConfig
-from deploy.refresh.confirm import read_status, wait_for_version
+from linewatch.deploy.refresh.config import MqttConfig
+from linewatch.deploy.refresh.confirm import read_status, wait_for_version
 
 
 def _cfg(port: int, *roots: str, timeout: float = 5.0) -> MqttConfig:
@@ -68,7 +68,7 @@ def test_every_camera_root_must_confirm(broker_port: int) -> None:
 
 
 def test_unreachable_broker_times_out_with_a_clear_reason() -> None:
-    from deploy.localbroker import free_port
+    from linewatch.deploy.localbroker import free_port
 
     result = wait_for_version(_cfg(free_port(), "linewatch/x/y/z/w", timeout=1.0), 1)
     assert not result.ok

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.refresh import drop as drop_module
-from deploy.refresh.drop import apply_drop, read_journal, scan_drop, undo_drop
+from linewatch.deploy.refresh import drop as drop_module
+from linewatch.deploy.refresh.drop import apply_drop, read_journal, scan_drop, undo_drop
 
 
 def _img(path: Path, data: bytes = b"img") -> Path:

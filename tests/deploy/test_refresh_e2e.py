@@ -12,7 +12,7 @@ previous one left the store:
   (d) more good images of a known product: a bank-only bundle on top of v2 (v3), which the
       edge loads and serves.
 
-Every refresh runs `python -m deploy.refresh run` as a subprocess, as the timer does.
+Every refresh runs `python -m linewatch.deploy.refresh run` as a subprocess, as the timer does.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from deploy.localbroker import MOSQUITTO
+from linewatch.deploy.localbroker import MOSQUITTO
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ class Line:
 
     def refresh(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
         proc = subprocess.run(
-            [PY, "-m", "deploy.refresh", *args, "--config", str(self.config)],
+            [PY, "-m", "linewatch.deploy.refresh", *args, "--config", str(self.config)],
             capture_output=True,
             text=True,
             timeout=400,
@@ -131,7 +131,7 @@ class Line:
         """The verdict on `image` once the edge runs the model its status reports.
 
         The edge's inference thread takes the live model *before* it waits for frames
-        (edge/pipeline.py, InferenceWorker._run), so on an idle line the first frame after
+        (edge/frame_path.py, InferenceWorker._run), so on an idle line the first frame after
         a swap is still scored by the previous model. Prime with one frame first.
         """
         self.score_one(image)
@@ -181,8 +181,8 @@ def _subscribe(line: Line) -> Any:
 
 @pytest.fixture(scope="module")
 def line(tmp_path_factory: pytest.TempPathFactory, broker_port: int) -> Iterator[Line]:
-    from deploy.refresh.publish import LocalStore
-    from trainer.data.generate import generate_dataset
+    from linewatch.deploy.refresh.publish import LocalStore
+    from linewatch.trainer.data.generate import generate_dataset
 
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed")
@@ -194,13 +194,13 @@ def line(tmp_path_factory: pytest.TempPathFactory, broker_port: int) -> Iterator
     generate_dataset(root / "incoming", [NEW, "gravel"], **sizes)
     (root / "train.toml").write_text("[patchcore]\nbudget = 400\n")
     _cli(
-        "-m", "trainer", "fit", "--data", f"mvtec:{root / 'dataset'}", "--tasks", ",".join(KNOWN),
+        "-m", "linewatch.trainer", "fit", "--data", f"mvtec:{root / 'dataset'}", "--tasks", ",".join(KNOWN),
         "--method", "patchcore", "--strategy", "cl", "--out", str(root / "run"), "--config",
         str(root / "train.toml"), "--image-size", str(SIZE), "--no-progress", "--no-report",
     )  # fmt: skip
-    _cli("-m", "export", "keygen", "--out", str(root / "keys"))
+    _cli("-m", "linewatch.export", "keygen", "--out", str(root / "keys"))
     _cli(
-        "-m", "export", "--run", str(root / "run"), "--out", str(root / "first"),
+        "-m", "linewatch.export", "--run", str(root / "run"), "--out", str(root / "first"),
         "--store", str(root / "store"), "--sign-key", str(root / "keys" / "linewatch.key"),
     )  # fmt: skip
     LocalStore(root / "store").publish(root / "first")
@@ -248,7 +248,7 @@ drop_settle_s = 0
     with open(root / "edge.log", "wb") as log:
         edge = subprocess.Popen(
             [
-                PY, "-m", "edge", "run", "--bundle", str(root / "store"), "--source", f"dir:{root / 'frames'}",
+                PY, "-m", "linewatch.edge", "run", "--bundle", str(root / "store"), "--source", f"dir:{root / 'frames'}",
                 "--mqtt", f"mqtt://127.0.0.1:{broker_port}", "--config", str(root / "edge.toml"),
             ],
             stdout=log,
@@ -358,7 +358,7 @@ def test_c_rollback_and_forward_again(line: Line) -> None:
 
 
 def test_d_more_good_images_of_a_known_product_make_a_bank_only_bundle(line: Line) -> None:
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     base = line.current()
     extra = line.root / "extra"

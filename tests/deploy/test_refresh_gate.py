@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deploy.refresh.gate import decide, read_eval
+from linewatch.deploy.refresh.gate import decide, read_eval
 
 BEFORE = {"brick": 0.99, "gravel": 0.97, "grass": 0.95}
 

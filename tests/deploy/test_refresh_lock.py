@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from refresh_testkit import write_config
 
-from deploy.refresh.codes import Exit
-from deploy.refresh.lock import LockBusy, RefreshLock
+from linewatch.deploy.refresh.codes import Exit
+from linewatch.deploy.refresh.lock import LockBusy, RefreshLock
 
 HOLDER = """
 import fcntl, os, sys, time
@@ -58,7 +58,7 @@ def test_concurrent_cli_run_exits_with_the_locked_code(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         for command in (["run"], ["rollback"]):
             proc = subprocess.run(
-                [sys.executable, "-m", "deploy.refresh", *command, "--config", str(config)],
+                [sys.executable, "-m", "linewatch.deploy.refresh", *command, "--config", str(config)],
                 capture_output=True,
                 text=True,
                 timeout=60,

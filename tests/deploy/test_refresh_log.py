@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from deploy.refresh.runlog import RunRecord, append_record, read_records
+from linewatch.deploy.refresh.runlog import RunRecord, append_record, read_records
 
 
 def test_records_are_appended_as_json_lines(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from refresh_testkit import check_bundle, fake_ssh_bin, write_bundle
 
-from deploy.refresh import fsutil
-from deploy.refresh.publish import BundleError, LocalStore, RemoteStore, StoreError, bundle_dirname
+from linewatch.deploy.refresh import fsutil
+from linewatch.deploy.refresh.publish import BundleError, LocalStore, RemoteStore, StoreError, bundle_dirname
 
 READER = Path(__file__).with_name("refresh_race_reader.py")
 

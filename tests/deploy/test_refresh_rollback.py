@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from refresh_testkit import FakeEdge, write_bundle, write_config
 
-from deploy.refresh.codes import Exit
-from deploy.refresh.config import load_config
-from deploy.refresh.publish import LocalStore, StoreError
-from deploy.refresh.rollback import choose_target, rollback_to
-from deploy.refresh.runlog import read_records
+from linewatch.deploy.refresh.codes import Exit
+from linewatch.deploy.refresh.config import load_config
+from linewatch.deploy.refresh.publish import LocalStore, StoreError
+from linewatch.deploy.refresh.rollback import choose_target, rollback_to
+from linewatch.deploy.refresh.runlog import read_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_cli_rollback_twice_then_status(tmp_path: Path, broker_port: int) -> Non
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "deploy.refresh", *args, "--config", str(config)],
+            [sys.executable, "-m", "linewatch.deploy.refresh", *args, "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -103,7 +103,7 @@ def test_unconfirmed_rollback_has_its_own_exit_code(tmp_path: Path, broker_port:
     )
     store = _store_with(tmp_path, [1, 2])
     proc = subprocess.run(
-        [sys.executable, "-m", "deploy.refresh", "rollback", "--config", str(config)],
+        [sys.executable, "-m", "linewatch.deploy.refresh", "rollback", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,

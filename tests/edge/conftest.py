@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edge.runtime import EdgeRuntime
+from linewatch.edge.runtime import EdgeRuntime
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import polling
 
-from contract import manifest as mf
-from contract.store import point_current
-from edge import signing
+from linewatch.contract import manifest as mf
+from linewatch.contract.store import point_current
+from linewatch.edge.model import signing
 
 FRAME_WH = (160, 120)  # camera frames (w, h)
 MODEL_HW = (64, 64)  # model input (h, w)
@@ -213,7 +213,7 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def edge_config(tmp_path: Path, broker_url: str, **sections: dict):  # -> EdgeConfig
     """A test config: fast reconnects and polling, ephemeral metrics port, outbox in tmp_path."""
-    from edge.config import load_config
+    from linewatch.edge.config import load_config
 
     base = {
         "mqtt": {"url": broker_url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5},
@@ -239,7 +239,7 @@ def exporter_available() -> bool:
     try:
         import torch  # noqa: F401
 
-        import export.bundle_writer  # noqa: F401
+        import linewatch.export.bundle_writer  # noqa: F401
     except ImportError:
         return False
     return True
@@ -256,8 +256,8 @@ def make_export_bundle(
     import torch
     import torch.nn.functional as F
 
-    from export.bundle_writer import BundleInfo, write_bundle
-    from trainer.methods.base import ScoringGraph
+    from linewatch.export.bundle_writer import BundleInfo, write_bundle
+    from linewatch.trainer.methods.base import ScoringGraph
 
     class DiffScorer(torch.nn.Module):
         def forward(self, frames: torch.Tensor, reference: torch.Tensor):  # type: ignore[no-untyped-def]

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from edge_testkit import make_bundle, wait_for, write_frame, write_video
 
-from edge import payloads
-from edge.cli import EXIT_BACKEND, EXIT_BUNDLE, EXIT_GOLDEN, EXIT_OK, EXIT_USAGE, main
+from linewatch.edge.cli import EXIT_BACKEND, EXIT_BUNDLE, EXIT_GOLDEN, EXIT_OK, EXIT_USAGE, main
+from linewatch.edge.publish import payloads
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = "linewatch/site/line/station"
 
 
 def test_verify_ok_and_failures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from edge.signing import generate_keypair
+    from linewatch.edge.model.signing import generate_keypair
 
     priv, pub = generate_keypair(tmp_path / "keys")
     good = make_bundle(tmp_path / "good", sign_key=priv)

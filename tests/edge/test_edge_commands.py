@@ -17,9 +17,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge import payloads
-from edge.commands import CommandError, parse_command
-from edge.runtime import EdgeRuntime
+from linewatch.edge.commands import CommandError, parse_command
+from linewatch.edge.publish import payloads
+from linewatch.edge.runtime import EdgeRuntime
 
 ROOT = "linewatch/site/line/station/cam0"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, load_config
+from linewatch.edge.config import ConfigError, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -117,8 +117,8 @@ except ModuleNotFoundError:
     import pip._vendor.tomli as tomli
     sys.modules["tomli"] = tomli
 
-from contract import config_loader
-from edge.config import load_config
+from linewatch.contract import config_loader
+from linewatch.edge.config import load_config
 
 cfg = load_config(sys.argv[1], {"queues": {"frames": 32}})
 print(json.dumps({"toml_module": config_loader.tomllib.__name__, "root": cfg.topic.root("cam0"),

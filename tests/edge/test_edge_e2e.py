@@ -27,7 +27,7 @@ from edge_testkit import (
     write_video,
 )
 
-from edge import payloads
+from linewatch.edge.publish import payloads
 
 SITE = "linewatch/site/line/station"
 
@@ -178,7 +178,7 @@ def test_hot_swap_under_load_no_frame_without_result(
 def test_bad_bundles_refused_old_keeps_serving(
     mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any
 ) -> None:
-    from edge.signing import generate_keypair
+    from linewatch.edge.model.signing import generate_keypair
 
     priv, pub = generate_keypair(tmp_path / "keys")
     rec = mqtt_recorder([f"{SITE}/#"])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.signing import generate_keypair
-from export.toy import toy_scoring_graph
+from linewatch.edge.model.signing import generate_keypair
+from linewatch.export.toy import toy_scoring_graph
 
 TASKS = ("brick", "gravel")
 IMAGE_HW = (64, 64)
@@ -30,7 +30,7 @@ def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     root = tmp_path_factory.mktemp("export-data")
     generate_dataset(root, list(TASKS), n_train=12, n_test_good=4, n_test_defect=4, size=IMAGE_HW[0], seed=0)
@@ -38,8 +38,8 @@ def generated_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(method: str, data: Path, out: Path) -> Path:
-    from trainer.config import TrainConfig
-    from trainer.continual import fit
+    from linewatch.trainer.config import TrainConfig
+    from linewatch.trainer.continual import fit
 
     cfg = TrainConfig(
         method=method,

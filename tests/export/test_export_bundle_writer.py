@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import export.bundle_writer as bw
-from contract.geometry import Geometry
-from edge.bundle import check_golden, open_bundle, sha256_file
-from edge.signing import load_key
-from export.onnx_export import ExportError
-from export.parity import ort_infer, ort_session
-from export.toy import toy_frames, toy_scoring_graph, write_toy_bundle
-from trainer.methods.base import ScoringGraph
+import linewatch.export.bundle_writer as bw
+from linewatch.contract.geometry import Geometry
+from linewatch.edge.model.bundle import check_golden, open_bundle, sha256_file
+from linewatch.edge.model.signing import load_key
+from linewatch.export.onnx_export import ExportError
+from linewatch.export.parity import ort_infer, ort_session
+from linewatch.export.toy import toy_frames, toy_scoring_graph, write_toy_bundle
+from linewatch.trainer.methods.base import ScoringGraph
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_signing_needs_the_private_key(tmp_path: Path, signing_keys: tuple[Path,
 
 
 def test_tensorrt_request_fails_fast_without_a_gpu(tmp_path: Path) -> None:
-    from edge.trt_build import tensorrt_available
+    from linewatch.edge.model.trt_build import tensorrt_available
 
     if tensorrt_available()[0]:
         pytest.skip("TensorRT is available here")

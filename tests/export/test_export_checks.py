@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from export.checks import (
+from linewatch.export.checks import (
     TRT_SUPPORTED_OPS,
     CheckLimits,
     _eval_dim,
@@ -20,8 +20,8 @@ from export.checks import (
     largest_intermediate,
     run_static_checks,
 )
-from export.onnx_export import export_onnx
-from trainer.methods.base import ScoringGraph
+from linewatch.export.onnx_export import export_onnx
+from linewatch.trainer.methods.base import ScoringGraph
 
 
 @pytest.fixture(scope="module")

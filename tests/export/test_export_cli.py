@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.bundle import open_bundle
-from edge.trt_build import tensorrt_available
-from export.cli import main
+from linewatch.edge.model.bundle import open_bundle
+from linewatch.edge.model.trt_build import tensorrt_available
+from linewatch.export.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_python_dash_m_export(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "export", "keygen", "--out", str(tmp_path / "k")],
+        [sys.executable, "-m", "linewatch.export", "keygen", "--out", str(tmp_path / "k")],
         cwd=root,
         capture_output=True,
         text=True,

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle
-from export.bundle_writer import write_bundle
-from export.parity import compare, ort_infer, ort_session, torch_infer
-from export.run_source import load_run_for_export
+from linewatch.edge.model.bundle import SCHEMA_VERSION, BundleError, check_golden, open_bundle
+from linewatch.export.bundle_writer import write_bundle
+from linewatch.export.parity import compare, ort_infer, ort_session, torch_infer
+from linewatch.export.run_source import load_run_for_export
 
 pytestmark = pytest.mark.slow
 METHODS = ("patchcore", "padim")
@@ -52,7 +52,7 @@ def exported(fitted_runs, signing_keys, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def validation_frames(generated_data: Path) -> np.ndarray:
-    from trainer.data import load_task, read_images
+    from linewatch.trainer.data import load_task, read_images
 
     paths = [s.path for t in TASKS for s in load_task(f"mvtec:{generated_data}", t).test]
     return read_images(paths, IMAGE_HW)
@@ -165,7 +165,7 @@ def test_padim_refresh_from_a_new_run(
     exported, signing_keys, validation_frames, tmp_path_factory, fit_method, data_layout
 ) -> None:
     """A real refresh: PaDiM refitted on more images; same graph, new Gaussians."""
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.data.generate import generate_dataset
 
     _, written, reg = exported("padim")
     data2 = tmp_path_factory.mktemp("padim-more-data")

@@ -9,11 +9,11 @@ import onnx
 import pytest
 import torch
 
-from export.checks import check_static_shapes
-from export.onnx_export import ExportError, export_onnx
-from export.parity import compare, ort_infer, ort_session, torch_infer
-from export.toy import toy_frames
-from trainer.methods.base import ScoringGraph
+from linewatch.export.checks import check_static_shapes
+from linewatch.export.onnx_export import ExportError, export_onnx
+from linewatch.export.parity import compare, ort_infer, ort_session, torch_infer
+from linewatch.export.toy import toy_frames
+from linewatch.trainer.methods.base import ScoringGraph
 
 
 @pytest.fixture(scope="module")

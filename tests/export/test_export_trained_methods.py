@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from trained_methods_kit import HW, TASKS, get_kit
 
-from edge.bundle import check_golden, open_bundle
-from export.checks import run_static_checks
-from export.graph_structure import structure_sha256
-from export.parity import compare, ort_infer, ort_session, torch_infer
-from export.run_source import load_run_for_export
+from linewatch.edge.model.bundle import check_golden, open_bundle
+from linewatch.export.checks import run_static_checks
+from linewatch.export.graph_structure import structure_sha256
+from linewatch.export.parity import compare, ort_infer, ort_session, torch_infer
+from linewatch.export.run_source import load_run_for_export
 
 pytestmark = pytest.mark.slow
 METHODS = ("efficientad", "stfpm")
@@ -45,7 +45,7 @@ def exported(kit):
 
 @pytest.fixture(scope="module")
 def test_frames(kit) -> tuple[np.ndarray, np.ndarray]:
-    from trainer.data import load_task, read_images
+    from linewatch.trainer.data import load_task, read_images
 
     samples = [s for t in TASKS for s in load_task(kit.spec, t).test]
     return read_images([s.path for s in samples], HW), np.array([s.label for s in samples])
@@ -95,8 +95,8 @@ def test_onnxruntime_matches_torch_on_every_test_image(exported, test_frames, me
 def test_published_unpadded_pdn_graph_exports_too(size: str, tmp_path) -> None:
     """The trained runs above use the padded PDN (64 px); the published, unpadded one zero-borders its
     maps instead, and that graph must also pass the checks and match torch (untrained weights suffice)."""
-    from export.onnx_export import export_onnx
-    from trainer.methods.registry import build_method
+    from linewatch.export.onnx_export import export_onnx
+    from linewatch.trainer.methods.registry import build_method
 
     tiny = {"size": size, "width": 0.125, "out_channels": 16, "progress": False}
     method = build_method("efficientad", "replay", image_size=(64, 72), **tiny)

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.bundle import open_bundle, sha256_file
-from export.graph_structure import structure_sha256
-from export.onnx_export import export_onnx
-from export.toy import toy_scoring_graph, write_toy_bundle
+from linewatch.edge.model.bundle import open_bundle, sha256_file
+from linewatch.export.graph_structure import structure_sha256
+from linewatch.export.onnx_export import export_onnx
+from linewatch.export.toy import toy_scoring_graph, write_toy_bundle
 
 
 def _export(graph, path: Path) -> Path:
@@ -65,7 +65,7 @@ def test_bundles_from_before_refit_have_no_structure(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_retraining_stfpm_keeps_its_structure(tmp_path: Path) -> None:
     """The real case: a trained method's refresh changes every student weight, not one layer."""
-    from trainer.methods.registry import build_method
+    from linewatch.trainer.methods.registry import build_method
 
     method = build_method(
         "stfpm", "replay", image_size=(64, 64), progress=False, steps=2, optimizer="adam", lr=1e-3

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.generate import generate_dataset
+from linewatch.trainer.data.generate import generate_dataset
 
 # Sources where the default backbone separates the generated defects well; grass and gravel
 # are harder (image AUROC ~0.87 for PatchCore on them), see ARCHITECTURE.md.

@@ -30,9 +30,9 @@ def _crop_some(root: Path, task: str, px: int) -> None:
 
 
 def test_auto_tiles_each_camera_at_its_own_size(tmp_path: Path) -> None:
-    from trainer.config import load_config
-    from trainer.continual import fit, update
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.config import load_config
+    from linewatch.trainer.continual import fit, update
+    from linewatch.trainer.data.generate import generate_dataset
 
     wide, tall = tmp_path / "wide", tmp_path / "tall"
     generate_dataset(wide, ["brick"], n_train=8, n_test_good=3, n_test_defect=3, size=(640, 200), seed=1)

@@ -1,6 +1,6 @@
 import pytest
 
-from trainer.config import ConfigError, load_config
+from linewatch.trainer.config import ConfigError, load_config
 
 
 def test_env_overrides_file(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_missing_and_malformed_file(tmp_path):
     [("patchcore", "cl"), ("padim", "cl"), ("efficientad", "replay"), ("stfpm", "replay")],
 )
 def test_default_strategy_is_one_the_method_accepts(method, strategy):
-    from trainer.learner import strategies_for
+    from linewatch.trainer.learner import strategies_for
 
     cfg = load_config(method=method)
     assert cfg.strategy == strategy and cfg.strategy in strategies_for(method)

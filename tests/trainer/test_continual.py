@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from trainer.cli import main
+from linewatch.trainer.cli import main
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer import metrics as M
+from linewatch.trainer import metrics as M
 
 # ---------------------------------------------------------------- image level
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from trainer.replay_buffer import ReplayBuffer, balanced_quotas
+from linewatch.trainer.replay_buffer import ReplayBuffer, balanced_quotas
 
 
 def _images(n: int, seed: int, hw: int = 32) -> np.ndarray:

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from trained_methods_kit import TASKS, get_kit, train_config
 
-from trainer.continual import fit, update
+from linewatch.trainer.continual import fit, update
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.report import TaskEval, select_examples, write_report
+from linewatch.trainer.report import TaskEval, select_examples, write_report
 
 
 def make_eval(task: str, seed: int, n_good: int = 4, n_defect: int = 4, size: int = 32) -> TaskEval:

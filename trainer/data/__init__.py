@@ -1,11 +1,11 @@
 """Dataset layer of the offline trainer: ``FORMAT:ROOT`` loaders, image/mask readers, one error type.
 
 The synthetic generator lives in ``trainer.data.generate`` and is not imported here, so that
-``python -m trainer.data.generate`` runs cleanly and loaders do not pull in scikit-image.
+``python -m linewatch.trainer.data.generate`` runs cleanly and loaders do not pull in scikit-image.
 """
 
-from trainer.data.errors import DatasetError
-from trainer.data.images import (
+from linewatch.trainer.data.errors import DatasetError
+from linewatch.trainer.data.images import (
     Frames,
     as_frames,
     concat_frames,
@@ -16,8 +16,15 @@ from trainer.data.images import (
     read_masks,
     take_frames,
 )
-from trainer.data.registry import FORMATS, DataFormat, list_tasks, load_task, parse_data_spec, register_format
-from trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit
+from linewatch.trainer.data.registry import (
+    FORMATS,
+    DataFormat,
+    list_tasks,
+    load_task,
+    parse_data_spec,
+    register_format,
+)
+from linewatch.trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit
 
 __all__ = [
     "FORMATS",

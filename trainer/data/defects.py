@@ -16,7 +16,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from trainer.data.sources import SOURCES, load_source, random_crop
+from linewatch.trainer.data.source_photos import SOURCES, load_source, random_crop
 
 DEFECT_TYPES: tuple[str, ...] = ("scratch", "crack", "hole", "stain", "foreign_patch", "missing_corner")
 MIN_AREA = 4

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from trainer.data.mvtec import list_layout_tasks, scan_layout
-from trainer.data.samples import IMAGE_EXTENSIONS, TaskSplit
+from linewatch.trainer.data.mvtec import list_layout_tasks, scan_layout
+from linewatch.trainer.data.samples import IMAGE_EXTENSIONS, TaskSplit
 
 _MASK_SUFFIXES = (".png", *sorted(IMAGE_EXTENSIONS - {".png"}))
 

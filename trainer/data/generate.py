@@ -3,8 +3,8 @@
 Parts are views of photographs that ship with scikit-image (offline), one photograph per task;
 defects are drawn with exact masks (``defects.py``). Used by the tests, the demo and the benchmarks.
 
-    python -m trainer.data.generate --out ROOT --tasks brick,grass,gravel --n-train 60 --seed 0 [--size 256]
-    python -m trainer.data.generate --video line.avi --tasks brick --frames 60 --defect-every 5
+    python -m linewatch.trainer.data.generate --out ROOT --tasks brick,grass,gravel --n-train 60 --seed 0 [--size 256]
+    python -m linewatch.trainer.data.generate --video line.avi --tasks brick --frames 60 --defect-every 5
 
 Sizes are (W, H) or one int; ``defect_scale`` shrinks or grows defects (e.g. 2048x1536 frames with
 3-15 px defects: ``--size 2048x1536 --defect-scale 0.025``; 0.05 at 1024x768).
@@ -22,10 +22,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.data.defects import DEFECT_TYPES
-from trainer.data.sources import available_sources
-from trainer.data.synth import SizeLike, as_size_wh, check_defect_types, check_tasks, render_part
-from trainer.data.video import (
+from linewatch.trainer.data.defects import DEFECT_TYPES
+from linewatch.trainer.data.source_photos import available_sources
+from linewatch.trainer.data.synth import SizeLike, as_size_wh, check_defect_types, check_tasks, render_part
+from linewatch.trainer.data.video import (
     FrameTruth,
     generate_video,
     read_truth_json,
@@ -93,7 +93,7 @@ def generate_task(
             raise OSError(f"could not write mask for {name} in {task_dir}")
         counts[kind] += 1
     return {
-        "generator": "trainer.data.generate",
+        "generator": "linewatch.trainer.data.generate",
         "task": task,
         "source": f"skimage.data.{task}",
         "seed": seed,
@@ -159,7 +159,7 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser(prog: str = "python -m trainer.data.generate") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m linewatch.trainer.data.generate") -> argparse.ArgumentParser:
     """The generator's options; ``linewatch-train generate`` can mount this parser as it is."""
     p = argparse.ArgumentParser(
         prog=prog, description="Write synthetic MVTec-layout datasets or line videos."

@@ -16,10 +16,10 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from contract.frames import DECODE_COLOR, DECODE_UNCHANGED
-from contract.geometry import resize_frame
-from trainer.data.errors import bad_files_error
-from trainer.data.samples import Sample
+from linewatch.contract.frames import DECODE_COLOR, DECODE_UNCHANGED
+from linewatch.contract.geometry import resize_frame
+from linewatch.trainer.data.errors import bad_files_error
+from linewatch.trainer.data.samples import Sample
 
 _COLOR = DECODE_COLOR  # the edge decodes with the same flags (contract/frames.py)
 _UNCHANGED = DECODE_UNCHANGED

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer.data.errors import DatasetError
-from trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit, list_images
+from linewatch.trainer.data.errors import DatasetError
+from linewatch.trainer.data.samples import GOOD, IMAGE_EXTENSIONS, Sample, TaskSplit, list_images
 
 MaskFinder = Callable[[Path, Path], Path | None]
 """(ground_truth/<type> folder, image path) -> the mask file, or None when it has none."""

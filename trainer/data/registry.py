@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data import folder, mvtec, visa
-from trainer.data.errors import DatasetError
-from trainer.data.samples import TaskSplit
+from linewatch.trainer.data import folder, mvtec, visa
+from linewatch.trainer.data.errors import DatasetError
+from linewatch.trainer.data.samples import TaskSplit
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from trainer.data.defects import DEFECT_TYPES, apply_defect
-from trainer.data.sources import SOURCES, render_view
+from linewatch.trainer.data.defects import DEFECT_TYPES, apply_defect
+from linewatch.trainer.data.source_photos import SOURCES, render_view
 
 SizeLike = int | tuple[int, int]
 

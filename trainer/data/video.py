@@ -15,7 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.data.synth import SizeLike, as_size_wh, bbox_of, check_defect_types, check_tasks, render_part
+from linewatch.trainer.data.synth import (
+    SizeLike,
+    as_size_wh,
+    bbox_of,
+    check_defect_types,
+    check_tasks,
+    render_part,
+)
 
 VIDEO_STREAM = 3
 """Random stream id for video frames (datasets use 0-2), so videos and datasets never share parts."""

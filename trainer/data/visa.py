@@ -14,9 +14,9 @@ import csv
 from functools import lru_cache
 from pathlib import Path
 
-from trainer.data.errors import DatasetError, bad_files_error
-from trainer.data.mvtec import check_root, check_task_name
-from trainer.data.samples import GOOD, Sample, TaskSplit
+from linewatch.trainer.data.errors import DatasetError, bad_files_error
+from linewatch.trainer.data.mvtec import check_root, check_task_name
+from linewatch.trainer.data.samples import GOOD, Sample, TaskSplit
 
 DEFAULT_CSV = Path("split_csv") / "1cls.csv"
 COLUMNS = ("object", "split", "label", "image", "mask")

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from contract.geometry import Geometry
+    from linewatch.contract.geometry import Geometry
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from contract.geometry import Geometry, combine_tasks, resize_frame
-from trainer.data.images import concat_frames
-from trainer.methods.base import CommonSettings, Prediction, ScoringGraph
+from linewatch.contract.geometry import Geometry, combine_tasks, resize_frame
+from linewatch.trainer.data.images import concat_frames
+from linewatch.trainer.methods.base import CommonSettings, Prediction, ScoringGraph
 
 
 def batches(images: np.ndarray, size: int) -> Iterator[torch.Tensor]:

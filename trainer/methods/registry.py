@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from trainer.methods.base import Method
+from linewatch.trainer.methods.base import Method
 
 if TYPE_CHECKING:
-    from trainer.config import TrainConfig
+    from linewatch.trainer.config import TrainConfig
 
-BUILTIN_PACKAGE = "trainer.methods"
+BUILTIN_PACKAGE = "linewatch.trainer.methods"
 # The name is a TOML table and part of LINEWATCH_TRAIN_<NAME>__<KEY>: lower-case, no dashes.
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
 REQUIRED_CALLS = (
@@ -145,7 +145,7 @@ def build_method(name: str, strategy: str | None = None, **options: Any) -> Meth
     defaults, and the environment is ignored. Validation is the config's, so a bad value
     raises pydantic's `ValidationError` naming `<name>.<key>`.
     """
-    from trainer.config import TrainConfig, config_from_values
+    from linewatch.trainer.config import TrainConfig, config_from_values
 
     top = {k: v for k, v in options.items() if k in TrainConfig.model_fields}
     section = {k: v for k, v in options.items() if k not in top}

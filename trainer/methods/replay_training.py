@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.replay_buffer import ReplayBuffer
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.replay_buffer import ReplayBuffer
 
 LOOP_KEYS = ("steps", "batch_size", "eval_every", "patience", "holdout")  # saved as the state's "train"
 # The loop's part of a replay-trained method's `smoke_config`: two steps of two images, a small buffer.

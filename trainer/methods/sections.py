@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError, create_model
 from pydantic_core import InitErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource
 
-from trainer.methods.registry import methods
+from linewatch.trainer.methods.registry import methods
 
 
 def validate_sections(data: Any, declared: Collection[str], title: str) -> Any:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-from edge_testkit import render, wait_for
+from edge_testkit import make_bundle, render, wait_for
 
-from deploy.localbroker import accepting
+from linewatch.deploy.localbroker import accepting
 
 REPO = Path(__file__).resolve().parents[3]
 SITE = "linewatch/site/line/station"
@@ -60,7 +60,7 @@ def parse_ts(text: str) -> float:
 
 
 class EdgeProcess:
-    """``python -m edge.cli run`` with a TOML config; stderr (JSON lines) appended to one file per test."""
+    """``python -m linewatch.edge.cli run`` with a TOML config; stderr (JSON lines) appended to one file per test."""
 
     def __init__(self, work: Path, bundle: Path, source: str, url: str, name: str = "line1", **config: Any):
         """``config``: TOML sections (``camera={...}``) merged over the test defaults below."""
@@ -89,7 +89,7 @@ class EdgeProcess:
         env = {k: v for k, v in env.items() if not k.startswith("LINEWATCH_EDGE_")}
         with open(self.log_path, "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "run", "--bundle", str(self.bundle), "--source", self.source,
+                [sys.executable, "-m", "linewatch.edge.cli", "run", "--bundle", str(self.bundle), "--source", self.source,
                  "--camera", self.camera, "--config", str(self.config_path)],
                 cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err,
             )  # fmt: skip
@@ -186,10 +186,14 @@ class EdgeProcess:
             return json.loads(exc.read())
 
 
+def every_fifth(i: int) -> bool:
+    return i % 5 == 4
+
+
 class Producer:
     """A line camera writing frames into a dir: source; frame i is defective when ``defect(i)``."""
 
-    def __init__(self, folder: Path, defect: Callable[[int], bool] = lambda i: i % 5 == 4) -> None:
+    def __init__(self, folder: Path, defect: Callable[[int], bool] = every_fifth) -> None:
         from edge_testkit import write_frame
 
         self.folder, self.defect, self.n = folder, defect, 0
@@ -205,6 +209,24 @@ class Producer:
 
     def names(self) -> list[str]:
         return [f"{i:06d}.png" for i in range(self.n)]
+
+
+def toy_edge(work: Path, source: str, url: str, **config: Any) -> EdgeProcess:
+    """An edge process (not started) serving the toy bundle, written under ``work``, from ``source``."""
+    return EdgeProcess(work, make_bundle(work / "toy-v1"), source, url, **config)
+
+
+def line_and_edge(
+    work: Path, url: str, defect: Callable[[int], bool] = every_fifth, **config: Any
+) -> tuple[Producer, EdgeProcess]:
+    """A line camera writing into ``work/spool`` and the toy edge (not started) reading it as ``dir:``."""
+    line = Producer(work / "spool", defect=defect)
+    return line, toy_edge(work, f"dir:{line.folder}", url, **config)
+
+
+def unscored(line: Producer, rec: Any) -> list[str]:
+    """The images the line wrote that no verdict received names yet."""
+    return sorted(set(line.names()) - {d["source"]["file"] for d in verdicts(rec)})
 
 
 def verdicts(rec: Any, camera: str = "line1") -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chaoskit import SITE, EdgeProcess, MjpegCamera, parse_ts, verdicts
-from edge_testkit import make_bundle, wait_for
+from chaoskit import SITE, MjpegCamera, parse_ts, toy_edge, verdicts
+from edge_testkit import wait_for
 
 STALL_S = 2.0
 PER_CONNECTION = 15
@@ -23,9 +23,8 @@ def test_hanging_http_camera_is_noticed_and_reopened(
 ) -> None:
     rec = mqtt_recorder([f"{SITE}/+/result"])
     cam = MjpegCamera(per_connection=PER_CONNECTION)
-    edge = EdgeProcess(
+    edge = toy_edge(
         tmp_path,
-        make_bundle(tmp_path / "toy-v1"),
         cam.url,
         mqtt_broker.url,
         camera={"stall_timeout_s": STALL_S},

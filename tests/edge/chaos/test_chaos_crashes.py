@@ -20,8 +20,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from chaoskit import SITE, EdgeProcess, Producer, broker_saved, by_id, kill_broker, verdicts
-from edge_testkit import make_bundle, wait_for
+from chaoskit import SITE, broker_saved, by_id, kill_broker, line_and_edge, unscored, verdicts
+from edge_testkit import wait_for
 
 
 def indexed_results(rec: Any) -> list[tuple[int, dict[str, Any]]]:
@@ -38,17 +38,13 @@ def test_broker_killed_three_times_and_edge_twice_nothing_lost(
 ) -> None:
     t_start = time.monotonic()
     rec = mqtt_recorder([f"{SITE}/+/result"])
-    line = Producer(tmp_path / "spool")
-    edge = EdgeProcess(tmp_path, make_bundle(tmp_path / "toy-v1"), f"dir:{line.folder}", mqtt_broker.url)
+    line, edge = line_and_edge(tmp_path, mqtt_broker.url)
     crashes: list[int] = []  # how many messages the subscriber had when each crash happened
-
-    def missing() -> list[str]:
-        return sorted(set(line.names()) - {d["source"]["file"] for d in verdicts(rec)})
 
     edge.start()
     try:
         line.produce(10)
-        wait_for(lambda: not missing(), 120, what="the first verdicts")
+        wait_for(lambda: not unscored(line, rec), 120, what="the first verdicts")
         for what in ("broker", "edge", "broker", "edge", "broker"):
             if what == "broker":
                 broker_saved(mqtt_broker, rec)
@@ -67,7 +63,11 @@ def test_broker_killed_three_times_and_edge_twice_nothing_lost(
                 burst.join(60)
                 line.produce(4)  # written while the edge is down: read after its restart
                 edge.start()
-            wait_for(lambda: not missing(), 180, what=f"every verdict after the {what} kill ({missing()})")
+            wait_for(
+                lambda: not unscored(line, rec),
+                180,
+                what=f"every verdict after the {what} kill ({unscored(line, rec)})",
+            )
         wait_for(lambda: edge.prom().get("linewatch_edge_outbox_depth") == 0, 60, what="the outbox drained")
     finally:
         assert edge.stop() == 0, edge.tail()

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaoskit import SITE, EdgeProcess, Producer, verdicts
-from edge_testkit import make_bundle, wait_for
+from chaoskit import SITE, line_and_edge, verdicts
+from edge_testkit import wait_for
 
 
 @pytest.fixture
@@ -60,13 +60,8 @@ def test_disk_full_under_the_outbox_line_keeps_scoring_and_recovers(
     mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, small_disk: Path
 ) -> None:
     rec = mqtt_recorder([f"{SITE}/+/result", f"{SITE}/+/status", f"{SITE}/+/metrics"])
-    line = Producer(tmp_path / "spool", defect=lambda i: False)  # one outbox row per frame
-    edge = EdgeProcess(
-        tmp_path,
-        make_bundle(tmp_path / "toy-v1"),
-        f"dir:{line.folder}",
-        mqtt_broker.url,
-        outbox={"path": str(small_disk / "outbox.sqlite")},
+    line, edge = line_and_edge(  # all good: one outbox row per frame
+        tmp_path, mqtt_broker.url, defect=lambda i: False, outbox={"path": str(small_disk / "outbox.sqlite")}
     )
     edge.start()
     try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chaoskit import SITE, BlackHoleProxy, EdgeProcess, Producer, by_id, parse_ts, verdicts
-from edge_testkit import make_bundle, wait_for
+from chaoskit import SITE, BlackHoleProxy, by_id, line_and_edge, parse_ts, unscored, verdicts
+from edge_testkit import wait_for
 
 KEEPALIVE_S = 5  # the config's minimum; detection takes 1.5x this
 
@@ -23,22 +23,12 @@ def test_black_hole_detected_by_keepalive_and_nothing_lost(
 ) -> None:
     rec = mqtt_recorder([f"{SITE}/+/result"])
     proxy = BlackHoleProxy(mqtt_broker.port)
-    line = Producer(tmp_path / "spool")
-    edge = EdgeProcess(
-        tmp_path,
-        make_bundle(tmp_path / "toy-v1"),
-        f"dir:{line.folder}",
-        proxy.url,
-        mqtt={"keepalive_s": KEEPALIVE_S, "connect_timeout_s": 2},
-    )
-
-    def missing() -> list[str]:
-        return sorted(set(line.names()) - {d["source"]["file"] for d in verdicts(rec)})
+    line, edge = line_and_edge(tmp_path, proxy.url, mqtt={"keepalive_s": KEEPALIVE_S, "connect_timeout_s": 2})
 
     edge.start()
     try:
         line.produce(10)
-        wait_for(lambda: not missing(), 120, what="verdicts through the proxy")
+        wait_for(lambda: not unscored(line, rec), 120, what="verdicts through the proxy")
         assert proxy.connections == 1
         t_hole = proxy.black_hole()
         line.produce(10, every_s=0.2)  # the line goes on during the hole
@@ -59,7 +49,9 @@ def test_black_hole_detected_by_keepalive_and_nothing_lost(
         assert edge.health()["inference_alive"] and edge.health()["postprocess_alive"]
         proxy.heal()
         line.produce(5)
-        wait_for(lambda: not missing(), 120, what=f"every verdict after the hole ({missing()})")
+        wait_for(
+            lambda: not unscored(line, rec), 120, what=f"every verdict after the hole ({unscored(line, rec)})"
+        )
         wait_for(lambda: edge.prom().get("linewatch_edge_outbox_depth") == 0, 60, what="the outbox drained")
         keepalive_timeouts = edge.metric("linewatch_edge_mqtt_disconnects")
     finally:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chaoskit import SITE, EdgeProcess, Producer, broker_saved, kill_broker, verdicts
-from edge_testkit import make_bundle, wait_for
+from chaoskit import SITE, broker_saved, kill_broker, line_and_edge, verdicts
+from edge_testkit import wait_for
 
 OUTAGE_S = 25.0
 MAX_ROWS = 20
@@ -25,12 +25,10 @@ def test_long_outage_bounded_outbox_quiet_logs_idle_cpu(
     mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path
 ) -> None:
     rec = mqtt_recorder([f"{SITE}/+/result", f"{SITE}/+/status", f"{SITE}/+/metrics"])
-    line = Producer(tmp_path / "spool", defect=lambda i: False)  # one outbox row per frame
-    edge = EdgeProcess(
+    line, edge = line_and_edge(
         tmp_path,
-        make_bundle(tmp_path / "toy-v1"),
-        f"dir:{line.folder}",
         mqtt_broker.url,
+        defect=lambda i: False,  # all good: one outbox row per frame
         mqtt={"reconnect_min_s": 0.2, "reconnect_max_s": 2.0},
         outbox={"max_rows": MAX_ROWS},
         logging={"repeat_every_s": 5},

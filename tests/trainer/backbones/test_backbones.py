@@ -5,7 +5,7 @@ import torch
 cv2 = pytest.importorskip("cv2")
 skdata = pytest.importorskip("skimage.data")
 
-from trainer.backbones import BackboneWeightsError, create_classifier, create_feature_extractor  # noqa: E402
+from linewatch.trainer.backbones import BackboneWeightsError, create_classifier, create_feature_extractor  # noqa: E402
 
 
 @pytest.mark.parametrize("variant", [0, 1, 2])

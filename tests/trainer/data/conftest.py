@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.data.generate import generate_dataset
+from linewatch.trainer.data.generate import generate_dataset
 
 TASKS = ["brick", "coffee"]
 N_TRAIN, N_TEST_GOOD, N_TEST_DEFECT, SIZE = 4, 2, 6, 128

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data.defects import DEFECT_TYPES, apply_defect
-from trainer.data.sources import render_view
-from trainer.data.synth import bbox_of
+from linewatch.trainer.data.defects import DEFECT_TYPES, apply_defect
+from linewatch.trainer.data.source_photos import render_view
+from linewatch.trainer.data.synth import bbox_of
 
 
 @pytest.mark.parametrize("defect_type", DEFECT_TYPES)

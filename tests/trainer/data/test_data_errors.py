@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data import DatasetError, list_tasks, load_task, read_images, read_masks
+from linewatch.trainer.data import DatasetError, list_tasks, load_task, read_images, read_masks
 
 
 @pytest.mark.parametrize("fmt", ["mvtec", "folder", "visa"])

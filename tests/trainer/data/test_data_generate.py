@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data.defects import DEFECT_TYPES
-from trainer.data.generate import TEST_DEFECT, available_sources, generate_dataset, main
-from trainer.data.sources import load_source, render_view
-from trainer.data.synth import render_part, rng_for
+from linewatch.trainer.data.defects import DEFECT_TYPES
+from linewatch.trainer.data.generate import TEST_DEFECT, available_sources, generate_dataset, main
+from linewatch.trainer.data.source_photos import load_source, render_view
+from linewatch.trainer.data.synth import render_part, rng_for
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from trainer.data import Sample, read_images, read_masks
+from linewatch.trainer.data import Sample, read_images, read_masks
 
 
 def _write(path: Path, image: np.ndarray) -> Path:

@@ -10,8 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
-from trainer.data import DatasetError, Sample, list_tasks, load_task, parse_data_spec, read_images, read_masks
-from trainer.data.defects import DEFECT_TYPES
+from linewatch.trainer.data import (
+    DatasetError,
+    Sample,
+    list_tasks,
+    load_task,
+    parse_data_spec,
+    read_images,
+    read_masks,
+)
+from linewatch.trainer.data.defects import DEFECT_TYPES
 
 
 def test_parse_data_spec() -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.data import imread_mask, imread_rgb, load_task
-from trainer.data.generate import generate_dataset
-from trainer.data.synth import bbox_of, render_part
+from linewatch.trainer.data import imread_mask, imread_rgb, load_task
+from linewatch.trainer.data.generate import generate_dataset
+from linewatch.trainer.data.synth import bbox_of, render_part
 
 SMALL_TYPES = ("crack", "hole", "stain", "foreign_patch", "missing_corner")
 # the defect_scale that gives 3-15 px defects at each size

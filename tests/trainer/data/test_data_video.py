@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.generate import (
+from linewatch.trainer.data.generate import (
     generate_video,
     main,
     read_truth_json,

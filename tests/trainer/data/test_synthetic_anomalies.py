@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data.sources import render_view
-from trainer.data.synthetic_anomalies import (
+from linewatch.trainer.data.source_photos import render_view
+from linewatch.trainer.data.synthetic_anomalies import (
     perlin_anomaly,
     perlin_mask,
     perlin_noise,

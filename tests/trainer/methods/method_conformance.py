@@ -36,7 +36,7 @@ class TinyTask:
 
 def tiny_tasks() -> dict[str, TinyTask]:
     """Two generated tasks at 64 px: good train and held-out images, and 2 good + 2 defect test images."""
-    from trainer.data.synth import render_part
+    from linewatch.trainer.data.synth import render_part
 
     def images(task: str, stream: int, n: int, kind: str | None = None) -> np.ndarray:
         return np.stack([render_part(task, HW, 0, stream, i, kind)[0] for i in range(n)])
@@ -73,8 +73,8 @@ def _toml_value(value: Any) -> str | None:
 
 def check_config_section(cls: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The method's section is in TrainConfig: defaults, TOML table, environment, run.json round trip."""
-    from trainer.config import config_from_values, load_config
-    from trainer.learner import strategies_for
+    from linewatch.trainer.config import config_from_values, load_config
+    from linewatch.trainer.learner import strategies_for
 
     defaults = config_from_values({"method": cls.name})
     assert defaults.section(cls.name) == cls.Config()
@@ -108,9 +108,9 @@ def _same(a: Any, b: Any) -> None:
 
 def check_method(cls: type, tasks: dict[str, TinyTask], tmp_path: Path) -> None:
     """Construct, fit two tasks, predict, export the scoring graph, and round-trip the state."""
-    from trainer.config import config_from_values
-    from trainer.methods.base import Method
-    from trainer.methods.registry import create_method
+    from linewatch.trainer.config import config_from_values
+    from linewatch.trainer.methods.base import Method
+    from linewatch.trainer.methods.registry import create_method
 
     cfg = config_from_values(tiny_values(cls))
     method = create_method(cfg)

@@ -13,7 +13,7 @@ import pytest
 from method_conformance import check_config_section, check_method, tiny_tasks
 from trained_methods_kit import limit_threads
 
-from trainer.methods.registry import methods
+from linewatch.trainer.methods.registry import methods
 
 REGISTERED = sorted(methods())
 
@@ -45,7 +45,7 @@ def test_fit_predict_export_and_state(name: str, tasks, tmp_path: Path) -> None:
 
 
 def test_fit_help_lists_every_method_its_strategies_and_section(capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer.cli import main
+    from linewatch.trainer.cli import main
 
     with pytest.raises(SystemExit):
         main(["fit", "--help"])

@@ -1,6 +1,6 @@
 import torch
 
-from trainer.methods.patchcore.coreset import coverage_radius, greedy_coreset
+from linewatch.trainer.methods.patchcore.coreset import coverage_radius, greedy_coreset
 
 
 def _reference_greedy(x: torch.Tensor, n: int, first: int) -> list[int]:

@@ -12,17 +12,17 @@ import torch
 from torch import nn
 from trained_methods_kit import limit_threads
 
-from trainer.methods.efficientad.distill import (
+from linewatch.trainer.methods.efficientad.distill import (
     DistillConfig,
     TeacherError,
     cached_teacher,
     file_sha256,
     load_teacher,
 )
-from trainer.methods.efficientad.method import hard_feature_loss
-from trainer.methods.efficientad.model import EfficientADModel
-from trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
-from trainer.methods.registry import build_method
+from linewatch.trainer.methods.efficientad.method import hard_feature_loss
+from linewatch.trainer.methods.efficientad.model import EfficientADModel
+from linewatch.trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
+from linewatch.trainer.methods.registry import build_method
 
 
 @pytest.fixture(autouse=True)
@@ -121,7 +121,7 @@ def test_distilled_teacher_is_cached_with_its_provenance(tmp_path: Path) -> None
 
 
 def test_distill_teacher_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer.cli import main
+    from linewatch.trainer.cli import main
 
     args = ["--width", "0.125", "--out-channels", "16", "--padding", "--image-size", "40", "--steps", "2"]
     args += ["--pool", "8", "--lr", "1e-3", "--no-progress"]

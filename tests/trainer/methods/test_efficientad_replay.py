@@ -18,7 +18,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_teacher_provenance_is_recorded(runs) -> None:
-    from trainer.methods.efficientad.distill import file_sha256
+    from linewatch.trainer.methods.efficientad.distill import file_sha256
 
     (by_strategy, kit) = runs
     run_dir, metrics = by_strategy["replay"]

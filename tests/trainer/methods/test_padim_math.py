@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from trainer.methods.padim.gaussians import GaussianStats, regularised_inverse
-from trainer.methods.padim.model import PadimModel
+from linewatch.trainer.methods.padim.gaussians import GaussianStats, regularised_inverse
+from linewatch.trainer.methods.padim.model import PadimModel
 
 
 def test_exact_merge_equals_statistics_of_all_data():

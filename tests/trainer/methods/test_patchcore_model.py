@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.methods.patchcore.method import PatchCore, PatchCoreConfig, _self_knn
+from linewatch.trainer.methods.patchcore.method import PatchCore, PatchCoreConfig, _self_knn
 
 
 class _Stub(torch.nn.Module):
@@ -34,7 +34,7 @@ def test_patch_scores_match_reference():
     knn = torch.stack([_self_knn(b, 4) for b in banks])
     bank = torch.stack(banks)
     q = torch.cat([torch.randn(1, 12, 6, generator=g), torch.randn(1, 12, 6, generator=g) + 3])
-    from trainer.methods.patchcore.model import PatchCoreModel
+    from linewatch.trainer.methods.patchcore.model import PatchCoreModel
 
     scores, task = PatchCoreModel.patch_scores(None, q, bank, knn)
     ref_scores, ref_task = _reference(q, bank, knn)

@@ -13,7 +13,7 @@ import json
 import pytest
 from trained_methods_kit import REPLAY_SIZE, TASKS, get_kit
 
-from trainer.methods.registry import available
+from linewatch.trainer.methods.registry import available
 
 pytestmark = pytest.mark.slow
 METHODS = ("efficientad", "stfpm")

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from trained_methods_kit import limit_threads
 
-from trainer.methods.registry import build_method
-from trainer.methods.stfpm.method import STFPM
-from trainer.methods.stfpm.model import level_distance, stfpm_loss
+from linewatch.trainer.methods.registry import build_method
+from linewatch.trainer.methods.stfpm.method import STFPM
+from linewatch.trainer.methods.stfpm.model import level_distance, stfpm_loss
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,14 @@ from method_conformance import check_config_section, check_method, tiny_tasks
 from pydantic import BaseModel, ValidationError
 from trained_methods_kit import limit_threads
 
-from trainer.config import config_from_values
-from trainer.methods.registry import available, discover, methods, register_method, unregister_method
+from linewatch.trainer.config import config_from_values
+from linewatch.trainer.methods.registry import (
+    available,
+    discover,
+    methods,
+    register_method,
+    unregister_method,
+)
 
 TOY_FILE = Path(__file__).with_name("toy_method.py")
 
@@ -59,8 +65,8 @@ def test_the_toy_passes_the_conformance_checks(
 
 
 def test_the_cli_fits_and_evaluates_the_toy(toy: type, tmp_path: Path) -> None:
-    from trainer.cli import main
-    from trainer.data.generate import generate_dataset
+    from linewatch.trainer.cli import main
+    from linewatch.trainer.data.generate import generate_dataset
 
     generate_dataset(
         tmp_path / "data", ["brick"], n_train=10, n_test_good=3, n_test_defect=3, size=64, seed=0

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.registry import register_method
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.registry import register_method
 
 
 class ToyConfig(BaseModel):

@@ -26,7 +26,7 @@ distances between feature vectors, unlike pooling neighbouring, unrelated channe
 then standardised per channel. The border the unpadded PDN loses is cropped off.
 
     linewatch-train distill-teacher --size s --steps 10000 [--data mvtec:ROOT --tasks a,b]
-    python -m trainer.methods.efficientad.distill --size s --image-size 256 --out teacher.safetensors
+    python -m linewatch.trainer.methods.efficientad.distill --size s --image-size 256 --out teacher.safetensors
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from trainer.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_feature_extractor
-from trainer.methods.efficientad.generic import generic_images, generic_sources
-from trainer.methods.efficientad.model import IMAGENET_MEAN, IMAGENET_STD
-from trainer.methods.efficientad.networks import pdn, pdn_output_hw
-from trainer.methods.layers import FrameInput, local_patch_features
+from linewatch.trainer.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_feature_extractor
+from linewatch.trainer.methods.efficientad.generic import generic_images, generic_sources
+from linewatch.trainer.methods.efficientad.model import IMAGENET_MEAN, IMAGENET_STD
+from linewatch.trainer.methods.efficientad.networks import pdn, pdn_output_hw
+from linewatch.trainer.methods.layers import FrameInput, local_patch_features
 
 TEACHER_FORMAT = 1
 
@@ -321,13 +321,15 @@ def _csv(text: str) -> list[str]:
 
 
 def _user_images(spec: str, tasks: list[str], input_hw: tuple[int, int]) -> np.ndarray:
-    from trainer.data import load_task, read_images
+    from linewatch.trainer.data import load_task, read_images
 
     paths = [s.path for t in tasks for s in load_task(spec, t).train]
     return read_images(paths, input_hw)
 
 
-def build_parser(prog: str = "python -m trainer.methods.efficientad.distill") -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m linewatch.trainer.methods.efficientad.distill",
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Distil EfficientAD's PDN teacher offline.")
     add_arguments(p)
     return p

@@ -3,7 +3,7 @@
 The paper uses ImageNet twice: to distil the teacher, and as "pretraining" images on
 which the student is penalised for imitating the teacher (so it does not generalise
 to everything). Offline, the photographs that ship with scikit-image play that role,
-viewed through random crops, flips and brightness jitter (`trainer.data.sources`).
+viewed through random crops, flips and brightness jitter (`trainer.data.source_photos`).
 
 They are few (15 photographs), which is the main trade-off against the published
 teacher: see `distill.py`.
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from trainer.data.sources import available_sources, render_view
+from linewatch.trainer.data.source_photos import available_sources, render_view
 
 
 def generic_sources(exclude: Iterable[str] = ()) -> list[str]:

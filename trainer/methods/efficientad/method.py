@@ -27,20 +27,20 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from trainer.data.images import concat_frames
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.efficientad.distill import (
+from linewatch.trainer.data.images import concat_frames
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.efficientad.distill import (
     DistillConfig,
     TeacherError,
     cached_teacher,
     load_teacher,
     provenance,
 )
-from trainer.methods.efficientad.generic import generic_images, generic_sources
-from trainer.methods.efficientad.model import EfficientADModel
-from trainer.methods.registry import register_method
-from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
+from linewatch.trainer.methods.efficientad.generic import generic_images, generic_sources
+from linewatch.trainer.methods.efficientad.model import EfficientADModel
+from linewatch.trainer.methods.registry import register_method
+from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
 
 PUBLISHED_TEACHER = DistillConfig()  # the PDN and distillation defaults are written there, once
 TEACHER_KEYS = ("size", "out_channels", "width", "padding")  # a teacher file must match these

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
-from trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
+from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

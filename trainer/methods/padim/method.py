@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.backbones import create_feature_extractor
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.padim.gaussians import GaussianStats, regularised_inverse
-from trainer.methods.padim.model import PadimModel
-from trainer.methods.registry import register_method
+from linewatch.trainer.backbones import create_feature_extractor
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.padim.gaussians import GaussianStats, regularised_inverse
+from linewatch.trainer.methods.padim.model import PadimModel
+from linewatch.trainer.methods.registry import register_method
 
 
 class PadimConfig(BaseModel):

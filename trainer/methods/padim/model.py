@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.backbones import FeatureExtractor
-from trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.backbones import FeatureExtractor
+from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
 
 
 class PadimModel(nn.Module):

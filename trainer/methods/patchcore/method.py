@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer.backbones import create_feature_extractor
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.patchcore.coreset import greedy_coreset
-from trainer.methods.patchcore.model import PatchCoreModel
-from trainer.methods.registry import register_method
+from linewatch.trainer.backbones import create_feature_extractor
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.patchcore.coreset import greedy_coreset
+from linewatch.trainer.methods.patchcore.model import PatchCoreModel
+from linewatch.trainer.methods.registry import register_method
 
 
 class PatchCoreConfig(BaseModel):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer.backbones import FeatureExtractor
-from trainer.methods.layers import FrameInput, MapHead, local_patch_features, normalise
+from linewatch.trainer.backbones import FeatureExtractor
+from linewatch.trainer.methods.layers import FrameInput, MapHead, local_patch_features, normalise
 
 
 class PatchCoreModel(nn.Module):

@@ -20,12 +20,12 @@ import timm
 import torch
 from pydantic import BaseModel, Field
 
-from trainer.backbones import create_feature_extractor
-from trainer.methods.base import CommonSettings, ScoringGraph
-from trainer.methods.common import TorchMethodMixin, batches
-from trainer.methods.registry import register_method
-from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
-from trainer.methods.stfpm.model import STFPMModel, stfpm_loss
+from linewatch.trainer.backbones import create_feature_extractor
+from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
+from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.registry import register_method
+from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
+from linewatch.trainer.methods.stfpm.model import STFPMModel, stfpm_loss
 
 STFPM_LAYERS = (1, 2, 3)
 

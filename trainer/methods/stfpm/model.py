@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.backbones import FeatureExtractor
-from trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.backbones import FeatureExtractor
+from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
 
 
 def level_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
