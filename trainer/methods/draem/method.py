@@ -13,7 +13,7 @@ the discriminative net to segment the anomaly from the concatenation of input an
 softmax channel, average-pooled (`model.py`).
 
 Departures, and why:
-- widths 16 and 16 by default instead of 128 and 64 (about 1.6M parameters instead of 97M), so a
+- widths 8 and 8 by default instead of 128 and 64 (about 0.9M parameters instead of 97M), so a
   task trains on a 2-core CPU; `recon_width` / `disc_width` restore the paper's;
 - anomaly textures are scikit-image's photographs, not DTD (offline; `texture_source`);
 - a fixed number of steps per task (`steps`, with early stopping on held-out good images that get
@@ -41,15 +41,17 @@ from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, Re
 class DRAEMConfig(ReplayTrainingConfig):
     """The `[draem]` section: widths, the anomaly synthesis, the paper's optimiser, and the loop.
 
-    Expected cost with these defaults, measured on 2 CPU cores at 256 px (batch 8 + 8 replayed):
-    about 1.6 s per step, so 1,500 steps are about 40 minutes per task (early stopping may end
-    sooner); on a GPU (`device = "cuda"`) a few minutes. The paper's widths (128/64) are about 60x
-    the compute.
+    Widths 8 / 8 (paper: 128 / 64): about 0.9M parameters, 1/150 of the paper's compute. Expected
+    cost at 256 px, measured on the 2-core CPU box while other jobs loaded it (load average 13),
+    one torch thread: about 6 s per step of 8 images, so about 12 s per replay step (8 + 8) and,
+    at 1,000 steps, about 3 hours per task there; an idle 2-core machine should be about 3x
+    faster (an estimate, not measured), a GPU (`device = "cuda"`) takes minutes. Early stopping
+    (patience 5 x 100 steps) may end a task sooner.
     """
 
     recon_width: int = Field(8, gt=0, description="reconstructive base width (paper: 128)")
     disc_width: int = Field(8, gt=0, description="discriminative base width (paper: 64)")
-    steps: int = Field(1500, gt=0, description="training steps per task (early stopping may end sooner)")
+    steps: int = Field(1000, gt=0, description="training steps per task (early stopping may end sooner)")
     eval_every: int = Field(100, gt=0, description="steps between held-out evaluations")
     lr: float = Field(1e-4, gt=0, description="Adam, x0.2 at 80 % and 90 % of the steps (paper)")
     anomaly_prob: float = Field(0.5, ge=0, le=1, description="share of training images given an anomaly")

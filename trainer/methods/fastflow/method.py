@@ -38,9 +38,11 @@ FASTFLOW_LAYERS = (1, 2, 3)
 class FastFlowConfig(ReplayTrainingConfig):
     """The `[fastflow]` section: the flows, the reference optimiser, and the replay loop.
 
-    Expected cost with these defaults on 2 CPU cores at 256 px with Lite0 (batch 8 + 8 replayed):
-    see the README's method table; the frozen backbone's forward is most of a step, so 500 steps
-    take about a quarter of an hour per task on an idle 2-core machine.
+    Expected cost at 256 px with Lite0, measured on the 2-core CPU box while other jobs loaded it
+    (load average 13), one torch thread: about 2.4 s per step of 8 images (the frozen backbone is
+    most of it), so about 5 s per replay step (8 + 8) and, at 500 steps, about 40 minutes per task
+    there; an idle 2-core machine should be about 3x faster (an estimate, not measured). Early
+    stopping (patience 5 x 50 steps) may end a task sooner.
     """
 
     flow_steps: int = Field(8, gt=0, description="coupling steps per level (paper: 8 for ResNet-like)")
