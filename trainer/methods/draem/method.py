@@ -13,8 +13,8 @@ the discriminative net to segment the anomaly from the concatenation of input an
 softmax channel, average-pooled (`model.py`).
 
 Departures, and why:
-- widths 8 and 8 by default instead of 128 and 64 (about 0.9M parameters instead of 97M), so a
-  task trains on a 2-core CPU; `recon_width` / `disc_width` restore the paper's;
+- widths 8 and 8 by default instead of 128 and 64 (0.9M parameters; 125M at the paper's widths
+  in this implementation), so a task trains on a 2-core CPU; `recon_width` / `disc_width` restore the paper's;
 - anomaly textures are scikit-image's photographs, not DTD (offline; `texture_source`);
 - a fixed number of steps per task (`steps`, with early stopping on held-out good images that get
   anomalies from a fixed seed) instead of 700 epochs;
@@ -41,7 +41,7 @@ from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, Re
 class DRAEMConfig(ReplayTrainingConfig):
     """The `[draem]` section: widths, the anomaly synthesis, the paper's optimiser, and the loop.
 
-    Widths 8 / 8 (paper: 128 / 64): about 0.9M parameters, 1/150 of the paper's compute. Expected
+    Widths 8 / 8 (paper: 128 / 64): 0.9M parameters, roughly 1/100 of the paper's compute. Expected
     cost at 256 px, measured on the 2-core CPU box while other jobs loaded it (load average 13),
     one torch thread: about 6 s per step of 8 images, so about 12 s per replay step (8 + 8) and,
     at 1,000 steps, about 3 hours per task there; an idle 2-core machine should be about 3x

@@ -6,7 +6,7 @@
 - Discriminative: a U-Net with skip connections (6 levels, widths v, 2v, 4v, 8v, 8v, 8v) on the
   concatenation of the input and its reconstruction; 2 output channels (normal, anomalous).
 
-The paper's widths are w = 128 and v = 64 (about 97M parameters); `DRAEMConfig` defaults are far
+The paper's widths are w = 128 and v = 64 (125M parameters in this implementation); `DRAEMConfig` defaults are far
 smaller so the pair trains on a 2-core CPU (see its docstring).
 
 Scoring, in the graph: softmax over the two channels -> the anomaly channel -> a stride-1 average
