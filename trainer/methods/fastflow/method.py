@@ -70,15 +70,17 @@ class FastFlow(ReplayTrainingMixin, TorchMethodMixin[FastFlowConfig]):
         with torch.inference_mode():
             probe = backbone(torch.zeros(1, 3, *self.input_hw))
         c = self.cfg
-        head = FlowHead(
-            [int(f.shape[1]) for f in probe],
-            [(int(f.shape[2]), int(f.shape[3])) for f in probe],
-            c.flow_steps,
-            c.hidden_ratio,
-            c.clamp,
-            c.conv3x3_only,
-            common.seed,
-        )
+        with torch.random.fork_rng(devices=[]):  # the flows' initial weights come from the seed alone
+            torch.manual_seed(common.seed)
+            head = FlowHead(
+                [int(f.shape[1]) for f in probe],
+                [(int(f.shape[2]), int(f.shape[3])) for f in probe],
+                c.flow_steps,
+                c.hidden_ratio,
+                c.clamp,
+                c.conv3x3_only,
+                common.seed,
+            )
         self.model = FastFlowModel(backbone, head, self.input_hw, common.sigma).eval()
 
     def _loss(self, frames: torch.Tensor) -> torch.Tensor:
