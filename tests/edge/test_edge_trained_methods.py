@@ -24,6 +24,7 @@ from edge import payloads
 
 pytestmark = pytest.mark.slow
 SITE = "linewatch/site/line/station"
+pytest.importorskip("torch", reason="the trained methods are listed from the trainer's registry")
 METHODS = trained_methods()  # every registered method with a replay strategy
 PER_TASK = 3  # good and defect frames per task
 
