@@ -39,10 +39,12 @@ class FastFlowConfig(ReplayTrainingConfig):
     """The `[fastflow]` section: the flows, the reference optimiser, and the replay loop.
 
     Expected cost at 256 px with Lite0, measured on the 2-core CPU box while other jobs loaded it
-    (load average 13), one torch thread: about 2.4 s per step of 8 images (the frozen backbone is
-    most of it), so about 5 s per replay step (8 + 8) and, at 500 steps, about 40 minutes per task
-    there; an idle 2-core machine should be about 3x faster (an estimate, not measured). Early
-    stopping (patience 5 x 50 steps) may end a task sooner.
+    (load average 13-16), one torch thread: about 2.4-4 s wall per step of 8 images (the frozen
+    backbone is most of it). A real fit (`fit --data mvtec:devset/casting --tasks impeller
+    --method fastflow --strategy naive`, 60 steps) used 82 s of CPU for 60 steps plus calibration
+    and evaluation, so a step of 8 images costs at most about 1.4 CPU-seconds: 500 steps are
+    about 12 CPU-minutes per task without replay and about twice that with replay (8 + 8), on
+    one thread. Early stopping (patience 5 x 50 steps) may end a task sooner.
     """
 
     flow_steps: int = Field(8, gt=0, description="coupling steps per level (paper: 8 for ResNet-like)")
