@@ -42,11 +42,13 @@ class DRAEMConfig(ReplayTrainingConfig):
     """The `[draem]` section: widths, the anomaly synthesis, the paper's optimiser, and the loop.
 
     Widths 8 / 8 (paper: 128 / 64): 0.9M parameters, roughly 1/100 of the paper's compute. Expected
-    cost at 256 px, measured on the 2-core CPU box while other jobs loaded it (load average 13),
-    one torch thread: about 6 s per step of 8 images, so about 12 s per replay step (8 + 8) and,
-    at 1,000 steps, about 3 hours per task there; an idle 2-core machine should be about 3x
-    faster (an estimate, not measured), a GPU (`device = "cuda"`) takes minutes. Early stopping
-    (patience 5 x 100 steps) may end a task sooner.
+    cost at 256 px, measured on the 2-core CPU box while other jobs loaded it (load average 13-16),
+    one torch thread: about 6 s wall per step of 8 images. A real fit (`fit --data
+    mvtec:devset/casting --tasks impeller --method draem --strategy naive`, 20 steps) used 76 s of
+    CPU including calibration and evaluation, so a step of 8 images costs at most about 3.5
+    CPU-seconds: 1,000 replay steps (8 + 8) are up to about 2 CPU-hours per task on one thread;
+    a GPU (`device = "cuda"`) takes minutes. Early stopping (patience 5 x 100 steps) may end a
+    task sooner.
     """
 
     recon_width: int = Field(8, gt=0, description="reconstructive base width (paper: 128)")
