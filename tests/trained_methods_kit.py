@@ -39,6 +39,23 @@ PENALTY_SOURCES = [
 ]
 
 
+# The test section of each trained method other than EfficientAD (brief but real training at 64 px;
+# the published sizes are the config defaults). The edge test serves every registered method with
+# a `replay` strategy, so a new one adds its line here.
+SECTIONS: dict[str, dict[str, Any]] = {
+    "stfpm": {"steps": 40, "optimizer": "adam", "lr": 1e-3, "eval_every": 10, "patience": 0},
+    "draem": {"steps": 100, "lr": 1e-3, "eval_every": 20, "patience": 0, "recon_width": 4, "disc_width": 8},
+    "fastflow": {"steps": 40, "lr": 1e-3, "eval_every": 10, "patience": 0},
+}
+
+
+def trained_methods() -> tuple[str, ...]:
+    """Every registered method that learns by replay (the trained ones), from the registry."""
+    from linewatch.trainer.methods.registry import available
+
+    return tuple(name for name, strategies in available().items() if "replay" in strategies)
+
+
 def limit_threads() -> None:
     """At most 2 torch threads (the CI box has 2 cores); a lower OMP_NUM_THREADS is respected."""
     import torch
@@ -81,7 +98,7 @@ def train_config(method: str, strategy: str, teacher: Path | None = None, **over
             "penalty_sources": PENALTY_SOURCES,
         }
     else:
-        section = {"steps": 40, "optimizer": "adam", "lr": 1e-3, "eval_every": 10, "patience": 0}
+        section = dict(SECTIONS[method])
     section = {**section, "replay": {"size": REPLAY_SIZE}, **overrides}
     return TrainConfig(
         method=method,

@@ -122,7 +122,7 @@ def texture_source(exclude: Iterable[str] = ()) -> dict[str, np.ndarray]:
 
     The paper draws its anomaly sources from DTD (the Describable Textures Dataset), which this
     project cannot download; the photographs shipped with scikit-image are used instead (the same
-    ones `trainer.data.source_photos` makes parts from). `exclude` drops names (e.g. a task's own
+    ones `trainer.data.sources` makes parts from). `exclude` drops names (e.g. a task's own
     source, so its anomalies are not its own texture).
     """
     from linewatch.trainer.data.source_photos import available_sources, load_source

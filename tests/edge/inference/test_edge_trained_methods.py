@@ -1,4 +1,4 @@
-"""EfficientAD and STFPM from training to the line: replay run -> `linewatch-export` (signed) -> edge -> MQTT.
+"""Every trained (replay) method from training to the line: replay run -> `linewatch-export` (signed) -> edge -> MQTT.
 
 Against a real mosquitto: the edge verifies the signature and the golden samples, scores
 frames dropped into a watched folder, and publishes one verdict per frame. Each verdict's
@@ -18,13 +18,14 @@ import cv2
 import numpy as np
 import pytest
 from edge_testkit import edge_config, overlaps, wait_for
-from trained_methods_kit import HW, TASKS, get_kit
+from trained_methods_kit import HW, TASKS, get_kit, trained_methods
 
 from linewatch.edge.publish import payloads
 
 pytestmark = pytest.mark.slow
 SITE = "linewatch/site/line/station"
-METHODS = ("efficientad", "stfpm")
+pytest.importorskip("torch", reason="the trained methods are listed from the trainer's registry")
+METHODS = trained_methods()  # every registered method with a replay strategy
 PER_TASK = 3  # good and defect frames per task
 
 
