@@ -39,6 +39,22 @@ PENALTY_SOURCES = [
 ]
 
 
+# Test settings beside the loop's (40 steps, evaluated every 10, no early stop) for the other
+# replay-trained methods; a method not named here runs with its own defaults at those steps.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "stfpm": {"optimizer": "adam", "lr": 1e-3},
+    "cfa": {"steps": 30, "dim": 64},
+    "reverse_distillation": {"steps": 30, "blocks": 1},
+}
+
+
+def replay_trained_methods() -> tuple[str, ...]:
+    """Every registered method that learns by replay (its strategies include `replay`), by name."""
+    from trainer.methods.registry import methods
+
+    return tuple(name for name, cls in methods().items() if "replay" in cls.strategies)
+
+
 def limit_threads() -> None:
     """At most 2 torch threads (the CI box has 2 cores); a lower OMP_NUM_THREADS is respected."""
     import torch
@@ -81,7 +97,7 @@ def train_config(method: str, strategy: str, teacher: Path | None = None, **over
             "penalty_sources": PENALTY_SOURCES,
         }
     else:
-        section = {"steps": 40, "optimizer": "adam", "lr": 1e-3, "eval_every": 10, "patience": 0}
+        section = {"steps": 40, "eval_every": 10, "patience": 0, **METHOD_SETTINGS.get(method, {})}
     section = {**section, "replay": {"size": REPLAY_SIZE}, **overrides}
     return TrainConfig(
         method=method,

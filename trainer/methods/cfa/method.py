@@ -58,7 +58,9 @@ class CFAConfig(ReplayTrainingConfig):
     patience: int = Field(3, ge=0, description="evaluations without improvement before stopping (0: never)")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (the paper's)")
     weight_decay: float = Field(5e-4, ge=0, description="AdamW weight decay (the paper's)")
-    dim: int | None = Field(None, gt=0, description="descriptor dimensions (None: the features', gamma_d = 1)")
+    dim: int | None = Field(
+        None, gt=0, description="descriptor dimensions (None: the features', gamma_d = 1)"
+    )
     k: int = Field(3, ge=1, description="nearest centres a patch is scored and pulled by (the paper's K)")
     j: int = Field(3, ge=0, description="hard-negative centres pushed out (the paper's J; 0: none)")
     radius: float = Field(1e-5, ge=0, description="hypersphere radius r (the paper's initial value)")

@@ -97,7 +97,9 @@ class Decoder(nn.Module):
         c1, c2, c3 = channels
         stages = []
         for cin, cout in ((embed, c3), (c3, c2), (c2, c1)):
-            stages.append(nn.Sequential(DeBlock(cin, cout), *[BasicBlock(cout, cout) for _ in range(blocks - 1)]))
+            stages.append(
+                nn.Sequential(DeBlock(cin, cout), *[BasicBlock(cout, cout) for _ in range(blocks - 1)])
+            )
         self.stages = nn.ModuleList(stages)
 
     def forward(self, z: torch.Tensor, sizes: list[torch.Size]) -> list[torch.Tensor]:
@@ -169,7 +171,9 @@ class ReverseDistillationModel(nn.Module):
         size = maps[0].shape[-2:]
         total = maps[0]
         for m in maps[1:]:
-            total = total + F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+            total = total + F.interpolate(
+                m.unsqueeze(1), size=size, mode="bilinear", align_corners=False
+            ).squeeze(1)
         return self.head(total)
 
     def forward(self, frames, center, scale):
