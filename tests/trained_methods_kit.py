@@ -1,4 +1,4 @@
-"""Shared by the trained-method tests (EfficientAD, STFPM): data, teacher and fitted runs, made once.
+"""Shared by the replay-trained method tests (EfficientAD, STFPM, CFA, RD, ...): data, teacher and fitted runs, made once.
 
 tests/trainer/methods, tests/export and tests/edge all need the same small runs, and
 training is the expensive part, so they are made lazily, once per pytest process,
