@@ -25,9 +25,12 @@ A known task given again (a refresh) re-computes that task's centres from its cu
 the current descriptor and trains nothing: the graph is unchanged and the bank keeps its shape, so
 the export can be a bank-only bundle.
 
-Defaults for a 2-core CPU at 256 px: 300 steps of 8 (+8 replayed) images, evaluated every 50 on the
-held-out tenth, stopping after 3 evaluations without improvement. A step costs about 0.5 s there
-(the frozen backbone's forward dominates), so a task takes about 3 minutes at most.
+Defaults for a 2-core CPU at 256 px: at most 300 steps of 8 images (+8 replayed), evaluated every 50
+on the held-out tenth, stopping after 3 evaluations without improvement. A step is the frozen
+backbone's forward to level 3 on 16 images plus a 1x1 convolution and the distances to the bank; the
+backbone part measured 2.4-5 s on the shared 2-core build box under heavy load (load average 6-8),
+so a task takes up to about 15-20 minutes there; an idle box should be several times faster (not
+measured). The paper's schedule (30 epochs of batch 4) is about 1,500 steps of 4 images per class.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ from trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, Re
 class CFAConfig(ReplayTrainingConfig):
     """The `[cfa]` section: the paper's loss and optimiser, CPU-sized steps, the replay loop.
 
-    At 256 px on 2 CPU cores a step of 8 (+8 replayed) images takes about 0.5 s: with these defaults
-    a task trains for at most 300 steps, about 3 minutes (early stopping may end sooner).
+    Expected fit time per task at 256 px on 2 CPU cores: up to about 15-20 minutes (300 steps, the
+    backbone's forward measured at 2.4-5 s per 16 images under heavy load; see the module docstring);
+    early stopping may end sooner.
     """
 
     steps: int = Field(300, gt=0, description="training steps per task (early stopping may end sooner)")
