@@ -9,6 +9,10 @@ Reverse Distillation: at test size (64 px, 40 steps) the image AUROC of three ge
 coarse to show forgetting (10 + 10 test images per task; naive's AUROC moves by noise). What replay
 protects is what the student learns, so forgetting is measured on that directly: the first task's
 distillation loss on held-out good images, after the later tasks minus right after its own training.
+
+Measured when written: CFA image AUROC forgetting naive 0.185, replay 0.005 (final 0.757 / 0.873);
+RD first-task loss forgetting naive +0.601, replay -0.135 (the first task's loss 1.625 after its own
+training; 2.226 naive, 1.490 replay after the other two).
 """
 
 from __future__ import annotations
