@@ -1,16 +1,18 @@
 """CPU latency per frame of each method's whole scoring graph in onnxruntime: batch 1, 256x256.
 
-EfficientAD-S, EfficientAD-M, STFPM and PatchCore are exported by the same exporter
+EfficientAD-S, EfficientAD-M, STFPM, Reverse Distillation, CFA and PatchCore are exported by the same exporter
 (`export.onnx_export.export_onnx`) and timed in ONE process, interleaved call by call
 in a rotating order, so load drift on a shared machine hits every method alike. Per
 method: median and p99 latency per frame, and both as a ratio to PatchCore.
 
 What is being timed, and why it is fair:
-- EfficientAD and STFPM run untrained networks: latency depends on shapes, not on
+- EfficientAD, STFPM and Reverse Distillation run untrained networks: latency depends on shapes, not on
   weight values, and training them at 256 px on a CPU would take hours. Published
   sizes (PDN width 1.0, 384 channels; STFPM on the default backbone's three levels).
 - PatchCore is fitted on one small generated task so its bank has the deployed shape:
   the bank is padded to the memory budget (30,000 patches by default), as in a bundle.
+- CFA's bank grows by h*w centres (1,024 at 256 px) per task: it is timed with 10 tasks' worth
+  (`--cfa-tasks`), the benchmark protocol's length.
 - Every graph includes the uint8 input conversion, map upsampling, smoothing and the
   score normalisation, exactly as the edge runs it.
 
@@ -52,7 +54,22 @@ def _patchcore(data: Path, budget: int, threads: int) -> Any:
     return method
 
 
-def build_methods(data: Path, budget: int, threads: int) -> dict[str, Any]:
+def _cfa(data: Path, tasks: int) -> Any:
+    """CFA after `tasks` tasks: its bank holds h*w centres per task (one task's, repeated: latency
+    depends on the bank's shape, not its values); the descriptor is trained for one step."""
+    from linewatch.trainer.data import load_task, read_images
+    from linewatch.trainer.methods.registry import build_method
+
+    split = load_task(f"mvtec:{data}", "brick")
+    train = read_images([s.path for s in split.train], HW)
+    method = build_method("cfa", "replay", image_size=HW, steps=1, progress=False)
+    method.fit_task("brick", train[4:])
+    method.banks = method.banks * tasks
+    method.calibrate({"brick": train[:4]})
+    return method
+
+
+def build_methods(data: Path, budget: int, threads: int, cfa_tasks: int = 10) -> dict[str, Any]:
     """Method name -> a method object whose `scoring_graph()` is what a bundle would hold."""
     from linewatch.trainer.methods.registry import build_method
 
@@ -60,6 +77,8 @@ def build_methods(data: Path, budget: int, threads: int) -> dict[str, Any]:
         "efficientad-s": build_method("efficientad", "replay", image_size=HW, size="s", progress=False),
         "efficientad-m": build_method("efficientad", "replay", image_size=HW, size="m", progress=False),
         "stfpm": build_method("stfpm", "replay", image_size=HW, progress=False),
+        "reverse_distillation": build_method("reverse_distillation", "replay", image_size=HW, progress=False),
+        "cfa": _cfa(data, cfa_tasks),
         "patchcore": _patchcore(data, budget, threads),
     }
 
@@ -116,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=min(2, os.cpu_count() or 1), help="onnxruntime/torch threads"
     )
     p.add_argument("--budget", type=int, default=30_000, help="PatchCore memory budget (bank rows)")
+    p.add_argument("--cfa-tasks", type=int, default=10, help="tasks in CFA's bank (h*w centres each)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "method_latency.json")
     args = p.parse_args(argv)
 
@@ -150,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         frames = read_images([s.path for s in load_task(f"mvtec:{work / 'data'}", "brick").test], HW)
         sessions, feeds = {}, {}
-        for name, method in build_methods(work / "data", args.budget, args.threads).items():
+        for name, method in build_methods(work / "data", args.budget, args.threads, args.cfa_tasks).items():
             graph = method.scoring_graph()
             t0 = time.perf_counter()
             exported = export_onnx(graph, work / f"{name}.onnx", max_batch=1)

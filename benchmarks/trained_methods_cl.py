@@ -10,7 +10,7 @@ Writes JSON with, per method and strategy: final image/pixel AUROC, AU-PRO, forg
 the seconds each task took to train, the teacher's distillation time (EfficientAD) and
 the replay buffer's cost.
 
-    python benchmarks/trained_methods_cl.py --device cuda [--methods efficientad stfpm]
+    python benchmarks/trained_methods_cl.py --device cuda [--methods efficientad stfpm cfa reverse_distillation]
 """
 
 from __future__ import annotations
@@ -51,7 +51,12 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--methods", nargs="+", default=["efficientad", "stfpm"], choices=["efficientad", "stfpm"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["efficientad", "stfpm"],
+        choices=["efficientad", "stfpm", "cfa", "reverse_distillation"],
+    )
     p.add_argument("--strategies", nargs="+", default=["replay", "naive"])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=60)

@@ -1,4 +1,4 @@
-"""Shared by the trained-method tests (EfficientAD, STFPM): data, teacher and fitted runs, made once.
+"""Shared by the replay-trained method tests (EfficientAD, STFPM, CFA, RD, ...): data, teacher and fitted runs, made once.
 
 tests/trainer/methods, tests/export and tests/edge all need the same small runs, and
 training is the expensive part, so they are made lazily, once per pytest process,
@@ -39,21 +39,22 @@ PENALTY_SOURCES = [
 ]
 
 
-# The test section of each trained method other than EfficientAD (brief but real training at 64 px;
-# the published sizes are the config defaults). The edge test serves every registered method with
-# a `replay` strategy, so a new one adds its line here.
-SECTIONS: dict[str, dict[str, Any]] = {
-    "stfpm": {"steps": 40, "optimizer": "adam", "lr": 1e-3, "eval_every": 10, "patience": 0},
-    "draem": {"steps": 100, "lr": 1e-3, "eval_every": 20, "patience": 0, "recon_width": 4, "disc_width": 8},
-    "fastflow": {"steps": 40, "lr": 1e-3, "eval_every": 10, "patience": 0},
+# Test settings beside the loop's (40 steps, evaluated every 10, no early stop) for the other
+# replay-trained methods; a method not named here runs with its own defaults at those steps.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "stfpm": {"optimizer": "adam", "lr": 1e-3},
+    "cfa": {"steps": 30, "dim": 64},
+    "reverse_distillation": {"steps": 30, "blocks": 1},
+    "draem": {"steps": 100, "eval_every": 20, "lr": 1e-3, "recon_width": 4, "disc_width": 8},
+    "fastflow": {"lr": 1e-3},
 }
 
 
-def trained_methods() -> tuple[str, ...]:
-    """Every registered method that learns by replay (the trained ones), from the registry."""
-    from linewatch.trainer.methods.registry import available
+def replay_trained_methods() -> tuple[str, ...]:
+    """Every registered method that learns by replay (its strategies include `replay`), by name."""
+    from linewatch.trainer.methods.registry import methods
 
-    return tuple(name for name, strategies in available().items() if "replay" in strategies)
+    return tuple(name for name, cls in methods().items() if "replay" in cls.strategies)
 
 
 def limit_threads() -> None:
@@ -98,7 +99,7 @@ def train_config(method: str, strategy: str, teacher: Path | None = None, **over
             "penalty_sources": PENALTY_SOURCES,
         }
     else:
-        section = dict(SECTIONS[method])
+        section = {"steps": 40, "eval_every": 10, "patience": 0, **METHOD_SETTINGS.get(method, {})}
     section = {**section, "replay": {"size": REPLAY_SIZE}, **overrides}
     return TrainConfig(
         method=method,

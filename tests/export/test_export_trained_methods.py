@@ -1,4 +1,6 @@
-"""EfficientAD and STFPM replay runs exported by the unmodified exporter (`linewatch-export`).
+"""The replay-trained methods' runs exported by the unmodified exporter (`linewatch-export`).
+
+The methods are the registry's (every one with a `replay` strategy), so a new one is checked here too.
 
 Proves for both: the whole scoring graph (network weights as constants; map quantiles
 and the calibration as data inputs) passes the static TensorRT checks, and
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from trained_methods_kit import HW, TASKS, get_kit
+from trained_methods_kit import HW, TASKS, get_kit, replay_trained_methods
 
 from linewatch.edge.model.bundle import check_golden, open_bundle
 from linewatch.export.checks import run_static_checks
@@ -19,9 +21,12 @@ from linewatch.export.parity import compare, ort_infer, ort_session, torch_infer
 from linewatch.export.run_source import load_run_for_export
 
 pytestmark = pytest.mark.slow
-METHODS = ("efficientad", "stfpm")
+METHODS = replay_trained_methods()
 MAX_BATCH = 4
-DATA_INPUTS = {"efficientad": ["quantiles", "center", "scale"], "stfpm": ["center", "scale"]}
+DATA_INPUTS = {  # a method not listed has only the calibration as data inputs
+    "efficientad": ["quantiles", "center", "scale"],
+    "cfa": ["bank", "center", "scale"],  # the memory bank is data, so a bank-only refresh reuses the engine
+}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,7 @@ def test_export_passes_the_static_tensorrt_checks(exported, method: str) -> None
         "memory",
     }
     assert (m["method"], m["strategy"], m["tasks"]) == (method, "replay", list(TASKS))
-    assert [d["name"] for d in m["data_inputs"]] == DATA_INPUTS[method]
+    assert [d["name"] for d in m["data_inputs"]] == DATA_INPUTS.get(method, ["center", "scale"])
     assert m["method_metadata"]["replay_buffer"]["images"] > 0
     # Retrained on every refresh: engines are built refittable, keyed by the weight-free structure.
     assert m["refit"] == {"refittable": True, "structure_sha256": structure_sha256(bundle.onnx_path)}

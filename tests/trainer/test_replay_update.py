@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trained_methods_kit import TASKS, get_kit, train_config, trained_methods
+from trained_methods_kit import TASKS, get_kit, replay_trained_methods, train_config
 
 from linewatch.trainer.continual import fit, update
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("method", trained_methods())
+@pytest.mark.parametrize("method", replay_trained_methods())
 def test_update_equals_fitting_the_whole_sequence(
     method: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

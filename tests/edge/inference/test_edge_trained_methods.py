@@ -1,4 +1,7 @@
-"""Every trained (replay) method from training to the line: replay run -> `linewatch-export` (signed) -> edge -> MQTT.
+"""Every replay-trained method from training to the line: replay run -> `linewatch-export` (signed) -> edge -> MQTT.
+
+The methods are the registry's (every registered method with a `replay` strategy: EfficientAD,
+STFPM, CFA, Reverse Distillation, ...), so a new one is served here with nothing to edit.
 
 Against a real mosquitto: the edge verifies the signature and the golden samples, scores
 frames dropped into a watched folder, and publishes one verdict per frame. Each verdict's
@@ -18,14 +21,14 @@ import cv2
 import numpy as np
 import pytest
 from edge_testkit import edge_config, overlaps, wait_for
-from trained_methods_kit import HW, TASKS, get_kit, trained_methods
+from trained_methods_kit import HW, TASKS, get_kit, replay_trained_methods
 
 from linewatch.edge.publish import payloads
 
 pytestmark = pytest.mark.slow
 SITE = "linewatch/site/line/station"
 pytest.importorskip("torch", reason="the trained methods are listed from the trainer's registry")
-METHODS = trained_methods()  # every registered method with a replay strategy
+METHODS = replay_trained_methods()  # every registered method with a replay strategy
 PER_TASK = 3  # good and defect frames per task
 
 
