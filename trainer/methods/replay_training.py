@@ -92,11 +92,33 @@ class ReplayTrainingMixin:
     def _begin_task(self, task: str, rng: np.random.Generator) -> None:
         raise NotImplementedError
 
-    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _loss(self, frames: torch.Tensor) -> torch.Tensor:
+        """The objective on a uint8 batch, for methods whose step is one loss and one optimiser
+        (STFPM, Reverse Distillation, FastFlow, CFA); the default step and validation use it."""
         raise NotImplementedError
 
+    def _train_mode(self) -> None:
+        """Put the network in training mode before a step (a method keeps frozen parts in eval)."""
+        self._net().train()
+
+    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+        self._train_mode()
+        loss = self._loss(frames)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": float(loss.detach())}
+
     def _val_loss(self, images: np.ndarray) -> float:
-        raise NotImplementedError
+        """Mean loss per image on held-out good images, in eval mode and without gradients."""
+        self._net().eval()
+        total, n = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(images), 8):
+                frames = torch.from_numpy(np.ascontiguousarray(images[start : start + 8]))
+                total += float(self._loss(frames)) * len(frames)
+                n += len(frames)
+        return total / max(n, 1)
 
     def _net(self) -> nn.Module:
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """DRAEM on the generated 3-task sequence (brick, moon, cell at 64 px): replay forgets at most half
-as much as naive fine-tuning. The runs come from `trained_methods_kit` (its `SECTIONS["draem"]`
+as much as naive fine-tuning. The runs come from `trained_methods_kit` (its `METHOD_SETTINGS["draem"]`
 settings) and are shared with the export and edge tests.
 
 The comparison only means something when naive fine-tuning measurably forgets, so that is asserted

@@ -146,23 +146,6 @@ class CFA(ReplayTrainingMixin, TorchMethodMixin[CFAConfig]):
         phi, _ = self.model.describe(frames.to(self.device))
         return soft_boundary_loss(phi, self._train_bank, c.k, c.j, c.radius, c.nu, c.alpha)
 
-    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
-        self.model.train()
-        loss = self._loss(frames)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach())}
-
-    def _val_loss(self, images: np.ndarray) -> float:
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.inference_mode():
-            for frames in batches(images, 8):
-                total += float(self._loss(frames)) * len(frames)
-                n += len(frames)
-        return total / max(n, 1)
-
     # -- scoring ------------------------------------------------------------------------
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:
         return self.model.raw_map(frames, self.bank())

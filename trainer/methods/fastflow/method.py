@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from linewatch.trainer.backbones import create_feature_extractor
 from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
-from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.common import TorchMethodMixin
 from linewatch.trainer.methods.fastflow.model import FastFlowModel, FlowHead, flow_nll
 from linewatch.trainer.methods.registry import register_method
 from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
@@ -98,23 +98,9 @@ class FastFlow(ReplayTrainingMixin, TorchMethodMixin[FastFlowConfig]):
             self.model.head.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, foreach=True
         )
 
-    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
+    def _train_mode(self) -> None:
         self.model.train()
-        self.model.backbone.eval()
-        loss = self._loss(frames)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach())}
-
-    def _val_loss(self, images: np.ndarray) -> float:
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.inference_mode():
-            for frames in batches(images, 8):
-                total += float(self._loss(frames)) * len(frames)
-                n += len(frames)
-        return total / max(n, 1)
+        self.model.backbone.eval()  # frozen: its batch-norm statistics stay ImageNet's
 
     # -- scoring ------------------------------------------------------------------------
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:

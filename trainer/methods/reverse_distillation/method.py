@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from linewatch.trainer.backbones import create_feature_extractor
 from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
-from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.common import TorchMethodMixin
 from linewatch.trainer.methods.registry import register_method
 from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
 from linewatch.trainer.methods.reverse_distillation.model import ReverseDistillationModel, rd_loss
@@ -86,24 +86,9 @@ class ReverseDistillation(ReplayTrainingMixin, TorchMethodMixin[ReverseDistillat
             self.model.trainable().parameters(), lr=c.lr, betas=(c.beta1, c.beta2), foreach=True
         )
 
-    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
-        self.model.train()
+    def _loss(self, frames: torch.Tensor) -> torch.Tensor:
         t, s = self.model.features(frames.to(self.device))
-        loss = rd_loss(t, s)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach())}
-
-    def _val_loss(self, images: np.ndarray) -> float:
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.inference_mode():
-            for frames in batches(images, 8):
-                t, s = self.model.features(frames.to(self.device))
-                total += float(rd_loss(t, s)) * len(frames)
-                n += len(frames)
-        return total / max(n, 1)
+        return rd_loss(t, s)
 
     # -- scoring ------------------------------------------------------------------------
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:

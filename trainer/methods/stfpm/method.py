@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from linewatch.trainer.backbones import create_feature_extractor
 from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
-from linewatch.trainer.methods.common import TorchMethodMixin, batches
+from linewatch.trainer.methods.common import TorchMethodMixin
 from linewatch.trainer.methods.registry import register_method
 from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
 from linewatch.trainer.methods.stfpm.model import STFPMModel, stfpm_loss
@@ -75,24 +75,9 @@ class STFPM(ReplayTrainingMixin, TorchMethodMixin[STFPMConfig]):
         else:
             self.optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay, foreach=True)
 
-    def _train_step(self, frames: torch.Tensor, rng: np.random.Generator) -> dict[str, float]:
-        self.model.train()
+    def _loss(self, frames: torch.Tensor) -> torch.Tensor:
         t, s = self.model.features(frames.to(self.device))
-        loss = stfpm_loss(t, s)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": float(loss.detach())}
-
-    def _val_loss(self, images: np.ndarray) -> float:
-        self.model.eval()
-        total, n = 0.0, 0
-        with torch.inference_mode():
-            for frames in batches(images, 8):
-                t, s = self.model.features(frames.to(self.device))
-                total += float(stfpm_loss(t, s)) * len(frames)
-                n += len(frames)
-        return total / max(n, 1)
+        return stfpm_loss(t, s)
 
     # -- scoring ------------------------------------------------------------------------
     def _raw_map(self, frames: torch.Tensor, slot: int) -> torch.Tensor:
