@@ -148,7 +148,7 @@ def _method_flags(args: argparse.Namespace, method: str | None, config: Path | N
     fields = method_class(method).Config.model_fields
     unknown = [f"--{k}" for k in given if k not in fields]
     if unknown:
-        raise ConfigError(f"{' and '.join(unknown)} do(es) not apply to method {method}")
+        raise ConfigError(f"{', '.join(unknown)}: not a setting of method {method}")
     return {method: given}
 
 
