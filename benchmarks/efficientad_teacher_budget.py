@@ -44,6 +44,8 @@ RECIPES: dict[str, dict] = {
     "cpu+user": {"image_size": 256, "crop": 128, "pool": 256, "batch": 8, "user": True},
     # the candidate with half the batch
     "cpu-b4": {"image_size": 256, "crop": 128, "pool": 256, "batch": 4, "user": False},
+    # the candidate at a 10x learning rate (few steps on a CPU)
+    "cpu-lr1e-3": {"image_size": 256, "crop": 128, "pool": 256, "batch": 8, "user": False, "lr": 1e-3},
     # fixed pool of whole 256 px views (no crop)
     "pool256": {"image_size": 256, "crop": None, "pool": 256, "batch": 8, "user": False},
 }
@@ -85,6 +87,7 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
         crop_hw=(r["crop"], r["crop"]) if r["crop"] else None,
         pool=int(r["pool"]),
         batch_size=int(r["batch"]),
+        lr=float(r.get("lr", DistillConfig.lr)),
         steps=steps,
         seed=args.seed,
     )
@@ -165,10 +168,10 @@ def markdown(results: list[dict], meta: dict) -> str:
         "Step times are CONTENDED (shared 2-core box, recipes in parallel, 1 thread each); "
         "scale by reference GFLOP/s to compare machines.",
         "",
-        "| recipe | views | crop | pool | batch | user images | step s (median) | step s (p99) | ref GFLOP/s | "
+        "| recipe | views | crop | pool | batch | lr | user images | step s (median) | step s (p99) | ref GFLOP/s | "
         + " | ".join(f"loss @{b}" for b in budgets)
         + " |",
-        "|" + "---|" * (9 + len(budgets)),
+        "|" + "---|" * (10 + len(budgets)),
     ]
     for r in results:
         by = {c["step"]: c["heldout_loss"] for c in r["curve"]}
@@ -178,6 +181,7 @@ def markdown(results: list[dict], meta: dict) -> str:
             r["crop"] or "-",
             r["pool"] or "fresh",
             r["batch"],
+            r.get("lr", 1e-4),
             "yes" if r["user"] else "no",
             r["step_s_median"],
             r["step_s_p99"],
@@ -203,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=4, help="recipes run in parallel")
     p.add_argument("--device", default="auto")
     p.add_argument("--out-dir", type=Path, default=Path("/tmp/ea-budget"))
+    p.add_argument("--merge-only", action="store_true", help="only tabulate the recipes' JSON in --out-dir")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: run this recipe, print its JSON
     args = p.parse_args(argv)
     if args.one:
@@ -217,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     base = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    pending, running = list(names), []
+    pending, running = ([] if args.merge_only else list(names)), []
     while pending or running:
         while pending and len(running) < args.jobs:
             n = pending.pop(0)

@@ -3,6 +3,7 @@ up-front estimate, the CPU budget chosen automatically, and `fit --teacher FILE`
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,7 +38,15 @@ class Interrupt(Exception):
     pass
 
 
-def test_an_interrupted_distillation_resumes_to_the_same_teacher(tmp_path: Path) -> None:
+def test_an_interrupted_distillation_resumes_to_the_same_teacher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer.methods.efficientad import distill
+
+    # three distillations: build the (frozen, pretrained) backbone once
+    monkeypatch.setattr(
+        distill, "create_feature_extractor", functools.cache(distill.create_feature_extractor)
+    )
     said: list[str] = []
     whole = cached_teacher(
         TINY, tmp_path / "a", progress=False, log=said.append, device="cpu", checkpoint_every=2
