@@ -157,6 +157,28 @@ def run_recipe(name: str, args: argparse.Namespace) -> dict:
     }
 
 
+def _result(name: str, out_dir: Path) -> dict | None:
+    """A recipe's result; one stopped early (--merge-only after a kill) from its partial curve."""
+    path, partial = out_dir / f"{name}.json", out_dir / f"{name}.partial.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if not partial.is_file():
+        return None
+    d = json.loads(partial.read_text())
+    times = d["step_times"][1:] or d["step_times"]
+    return {
+        "recipe": name,
+        **RECIPES[name],
+        "steps_run": len(d["step_times"]),
+        "step_s_median": round(float(np.median(times)), 3),
+        "step_s_p99": round(float(np.percentile(times, 99)), 3),
+        "reference_gflops_before": "-",
+        "reference_gflops_after": "-",
+        "curve": d["curve"],
+        "stopped_early": True,
+    }
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     budgets = sorted({c["step"] for r in results for c in r["curve"]})
     lines = [
@@ -229,11 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             running.append(subprocess.Popen([*base, "--one", n], env=env))
         time.sleep(2)
         running = [q for q in running if q.poll() is None]
-    results = [
-        json.loads((args.out_dir / f"{n}.json").read_text())
-        for n in names
-        if (args.out_dir / f"{n}.json").is_file()
-    ]
+    results = [r for r in (_result(n, args.out_dir) for n in names) if r is not None]
     meta = {
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
