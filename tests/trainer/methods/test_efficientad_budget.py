@@ -89,7 +89,11 @@ def test_the_cpu_budget_is_the_default_without_a_gpu(monkeypatch: pytest.MonkeyP
         CPU_BUDGET.pool,
         (CPU_BUDGET.crop, CPU_BUDGET.crop),
     )
-    assert d.train_hw == (CPU_BUDGET.crop, CPU_BUDGET.crop) and d.input_hw == (256, 256)
+    assert (
+        d.train_hw == (CPU_BUDGET.crop, CPU_BUDGET.crop)
+        and d.input_hw == (256, 256)
+        and d.lr == CPU_BUDGET.lr
+    )
     mine = build_method(
         "efficientad", "replay", progress=False, distill_steps=50, distill_crop=0
     ).distill_config()
@@ -103,7 +107,8 @@ def test_the_cpu_budget_is_the_default_without_a_gpu(monkeypatch: pytest.MonkeyP
     gpu = build_method("efficientad", "replay", progress=False)
     assert gpu.device.type == "cuda"
     d = gpu.distill_config()
-    assert (d.steps, d.pool, d.crop_hw) == (GPU_BUDGET.steps, GPU_BUDGET.pool, None) == (10_000, 0, None)
+    assert (d.steps, d.pool, d.crop_hw, d.lr) == (GPU_BUDGET.steps, GPU_BUDGET.pool, None, GPU_BUDGET.lr)
+    assert (GPU_BUDGET.steps, GPU_BUDGET.pool, GPU_BUDGET.lr) == (10_000, 0, 1e-4)
     assert d.key() == DistillConfig(input_hw=(256, 256)).key()  # the published recipe keeps its cache key
     assert build_method("efficientad", "replay", progress=False, device="cpu").device.type == "cpu"
 

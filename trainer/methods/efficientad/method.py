@@ -81,6 +81,11 @@ class EfficientADConfig(ReplayTrainingConfig):
         description=f"distil on random crops of this side (0: whole views); default none on a GPU, "
         f"{CPU_BUDGET.crop} on a CPU",
     )
+    distill_lr: float | None = Field(
+        None,
+        gt=0,
+        description=f"distillation learning rate; default {GPU_BUDGET.lr} on a GPU, {CPU_BUDGET.lr} on a CPU",
+    )
     device: str = Field("auto", description="where distillation and training run (auto: cuda when present)")
     steps: int = Field(10_000, gt=0, description="training steps per task (early stopping may end sooner)")
     eval_every: int = Field(100, gt=0, description="steps between held-out evaluations")
@@ -192,6 +197,7 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
             steps=c.distill_steps or budget.steps,
             batch_size=c.distill_batch,
             pool=budget.pool if c.distill_pool is None else c.distill_pool,
+            lr=budget.lr if c.distill_lr is None else c.distill_lr,
             crop_hw=(tuple(crop) if isinstance(crop, tuple) else (crop, crop)) if crop else None,
         )
 
