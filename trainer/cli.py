@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from linewatch.trainer.backbones import BackboneWeightsError
-from linewatch.trainer.config import ConfigError, load_config
+from linewatch.trainer.config import ConfigError, TrainConfig, load_config
 from linewatch.trainer.data import DatasetError
 from linewatch.trainer.runs import RunError
 
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile: also score the whole frame resized and average its map with the tiles'",
     )
     fit.add_argument("--seed", type=int)
+    fit.add_argument(
+        "--device",
+        help="trained methods: where training (and EfficientAD's teacher distillation) runs; "
+        "default auto = cuda when torch sees a GPU, else cpu",
+    )
+    fit.add_argument(
+        "--teacher",
+        type=Path,
+        help="efficientad: a teacher file from `linewatch-train distill-teacher` (e.g. distilled on a GPU "
+        "elsewhere) instead of distilling one here; checked before any data is read",
+    )
     fit.add_argument("--single-run", type=Path, help="a `single` run on the same tasks, for relative_gap")
     fit.add_argument("--no-progress", action="store_true")
     fit.add_argument("--no-report", action="store_true")
@@ -123,6 +134,53 @@ def _geometry_flags(args: argparse.Namespace) -> dict | None:
     }
     given = {k: v for k, v in given.items() if v is not None}
     return given or None
+
+
+def _method_flags(args: argparse.Namespace, method: str | None, config: Path | None) -> dict | None:
+    """`--device` and `--teacher` as keys of the method's section (they override the file)."""
+    given = {k: v for k, v in (("device", args.device), ("teacher", args.teacher)) if v is not None}
+    if not given:
+        return None
+    if method is None:  # the method comes from the file or the environment
+        method = load_config(config).method
+    from linewatch.trainer.methods.registry import method_class
+
+    fields = method_class(method).Config.model_fields
+    unknown = [f"--{k}" for k in given if k not in fields]
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: not a setting of method {method}")
+    return {method: given}
+
+
+def _announce_teacher(cfg: TrainConfig) -> None:
+    """EfficientAD: say up front which teacher the run uses, or that (and where) it distils one.
+
+    A given `--teacher` is checked here, before any data is read, so a wrong file fails at once."""
+    if cfg.method != "efficientad":
+        return
+    from linewatch.trainer.methods.efficientad.distill import default_cache_dir
+    from linewatch.trainer.methods.efficientad.method import check_teacher
+    from linewatch.trainer.methods.registry import create_method
+
+    section = cfg.section("efficientad")
+    if section.teacher:
+        _, record = check_teacher(section.teacher, section)
+        print(
+            f"EfficientAD teacher: {section.teacher} (distilled on {record.get('device')}, key {record.get('key')})"
+        )
+        return
+    method = create_method(cfg)
+    dcfg = method.distill_config()
+    path = (section.teacher_cache or default_cache_dir()) / dcfg.filename()
+    if path.is_file():
+        print(f"EfficientAD teacher: cached {path}")
+        return
+    kind = "GPU (published recipe)" if method.device.type == "cuda" else "CPU (the CPU budget; see README)"
+    print(
+        f"EfficientAD teacher: none cached; the first task starts by distilling one on this {kind}: "
+        f"{dcfg.steps} steps of {dcfg.batch_size} images at {dcfg.train_hw[0]} px, then cached at {path}. "
+        "The time it takes is printed after the first steps. To skip it: --teacher FILE."
+    )
 
 
 def _print_table(metrics: dict) -> None:
@@ -170,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 progress=False if args.no_progress else None,
                 report=False if args.no_report else None,
+                **(_method_flags(args, args.method, args.config) or {}),
             )
+            _announce_teacher(cfg)
             metrics = continual.fit(cfg, args.data, args.tasks, args.out, args.single_run)
             _print_table(metrics)
             reason = metrics.get("geometry", {}).get("reason")

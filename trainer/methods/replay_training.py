@@ -39,6 +39,13 @@ LOOP_KEYS = ("steps", "batch_size", "eval_every", "patience", "holdout")  # save
 SMOKE_LOOP: dict[str, Any] = {"steps": 2, "eval_every": 1, "batch_size": 2, "replay": {"size": 8, "batch": 2}}
 
 
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """`auto` (or None): CUDA when torch sees a GPU, else the CPU; anything else as given."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 class ReplayConfig(BaseModel):
     """Continual learning by replay (trained methods): a fixed buffer of past tasks' images."""
 
@@ -61,7 +68,10 @@ class ReplayTrainingConfig(BaseModel):
     eval_every: int = Field(50, gt=0, description="steps between held-out evaluations")
     patience: int = Field(5, ge=0, description="evaluations without improvement before stopping (0: never)")
     holdout: float = Field(0.1, gt=0, lt=1, description="share of a task's images held out to stop early")
-    device: str = Field("cpu", description="where training runs (cuda on a GPU box); scoring stays on CPU")
+    device: str = Field(
+        "cpu",
+        description="where training runs (cuda on a GPU box, auto: cuda when present); scoring stays on CPU",
+    )
     replay: ReplayConfig = ReplayConfig()
 
 
@@ -78,7 +88,7 @@ class ReplayTrainingMixin:
         super().__init__(strategy, common, config)  # type: ignore[call-arg]
         replay = self.cfg.replay
         self.buffer = ReplayBuffer(replay.size, replay.format, replay.jpeg_quality)
-        self.device = torch.device(self.cfg.device)
+        self.device = resolve_device(self.cfg.device)
         self.training_log: list[dict[str, Any]] = []
         self.center: list[float] = [1.0]
         self.scale: list[float] = [1.0]

@@ -31,14 +31,18 @@ from linewatch.trainer.data.images import concat_frames
 from linewatch.trainer.methods.base import CommonSettings, ScoringGraph
 from linewatch.trainer.methods.common import TorchMethodMixin, batches
 from linewatch.trainer.methods.efficientad.distill import (
+    CPU_BUDGET,
+    GPU_BUDGET,
     DistillConfig,
     TeacherError,
     cached_teacher,
+    default_budget,
     load_teacher,
     provenance,
 )
 from linewatch.trainer.methods.efficientad.generic import generic_images, generic_sources
 from linewatch.trainer.methods.efficientad.model import EfficientADModel
+from linewatch.trainer.methods.efficientad.networks import pdn
 from linewatch.trainer.methods.registry import register_method
 from linewatch.trainer.methods.replay_training import SMOKE_LOOP, ReplayTrainingConfig, ReplayTrainingMixin
 
@@ -59,8 +63,30 @@ class EfficientADConfig(ReplayTrainingConfig):
     )
     teacher: Path | None = Field(None, description="distilled teacher file (linewatch-train distill-teacher)")
     teacher_cache: Path | None = Field(None, description="where distilled teachers are cached")
-    distill_steps: int = Field(PUBLISHED_TEACHER.steps, gt=0)
+    distill_steps: int | None = Field(
+        None,
+        gt=0,
+        description=f"teacher distillation steps; default {GPU_BUDGET.steps} on a GPU, {CPU_BUDGET.steps} on a CPU",
+    )
     distill_batch: int = Field(PUBLISHED_TEACHER.batch_size, gt=0)
+    distill_pool: int | None = Field(
+        None,
+        ge=0,
+        description=f"fixed pool of distillation views (0: fresh views); default {GPU_BUDGET.pool} on a GPU, "
+        f"{CPU_BUDGET.pool} on a CPU",
+    )
+    distill_crop: int | None = Field(
+        None,
+        ge=0,
+        description=f"distil on random crops of this side (0: whole views); default none on a GPU, "
+        f"{CPU_BUDGET.crop} on a CPU",
+    )
+    distill_lr: float | None = Field(
+        None,
+        gt=0,
+        description=f"distillation learning rate; default {GPU_BUDGET.lr} on a GPU, {CPU_BUDGET.lr} on a CPU",
+    )
+    device: str = Field("auto", description="where distillation and training run (auto: cuda when present)")
     steps: int = Field(10_000, gt=0, description="training steps per task (early stopping may end sooner)")
     eval_every: int = Field(100, gt=0, description="steps between held-out evaluations")
     lr: float = Field(1e-4, gt=0)
@@ -70,6 +96,32 @@ class EfficientADConfig(ReplayTrainingConfig):
     penalty_pool: int = Field(64, gt=0)
     penalty_sources: list[str] | None = None
     map_quantiles: tuple[float, float] = (0.9, 0.995)
+
+
+def check_teacher(path: Path, cfg: EfficientADConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A teacher file's (tensors, record), refused with a `TeacherError` that says why when it is
+    missing, corrupt, of another format, or not the PDN `cfg` describes (size, channels, width,
+    padding, and every tensor's shape)."""
+    tensors, record = load_teacher(Path(path))
+    want = {k: getattr(cfg, k) for k in TEACHER_KEYS}
+    got = {k: (record.get("config") or {}).get(k) for k in want}
+    if got != want:
+        raise TeacherError(f"teacher {path} is a PDN {got}, this run needs {want}")
+    with torch.random.fork_rng(devices=[]):
+        expected = pdn(cfg.size, cfg.out_channels, cfg.width, cfg.padding).state_dict()
+    expected = {f"pdn.{k}": tuple(v.shape) for k, v in expected.items()}
+    expected["mean"] = expected["std"] = (1, cfg.out_channels, 1, 1)
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        detail = ", ".join(
+            f"{k}: {found.get(k, 'missing')} (needs {expected.get(k, 'nothing')})" for k in wrong[:4]
+        )
+        raise TeacherError(f"teacher {path} does not hold a PDN-{cfg.size.upper()} as configured: {detail}")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise TeacherError(f"teacher {path} has non-finite values in {', '.join(sorted(bad)[:4])}")
+    return tensors, record
 
 
 def augment(frames: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -110,6 +162,7 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
         "out_channels": 16,
         "distill_steps": 2,
         "distill_batch": 2,
+        "distill_pool": 0,
         "penalty_pool": 4,
         "penalty_batch": 1,
     }
@@ -127,7 +180,11 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
 
     # -- the teacher ----------------------------------------------------------------
     def distill_config(self) -> DistillConfig:
+        """The teacher this run distils when none is given: the published recipe on a GPU, the
+        CPU budget on a CPU (each `distill_*` setting overrides its part)."""
         c, common = self.cfg, self.common
+        budget = default_budget(self.device)
+        crop = budget.crop_for(self.input_hw) if c.distill_crop is None else c.distill_crop
         return DistillConfig(
             size=c.size,
             out_channels=c.out_channels,
@@ -137,8 +194,11 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
             layers=tuple(common.layers) if common.layers else PUBLISHED_TEACHER.layers,
             backbone_weights=str(common.backbone_weights) if common.backbone_weights else None,
             input_hw=self.input_hw,
-            steps=c.distill_steps,
+            steps=c.distill_steps or budget.steps,
             batch_size=c.distill_batch,
+            pool=budget.pool if c.distill_pool is None else c.distill_pool,
+            lr=budget.lr if c.distill_lr is None else c.distill_lr,
+            crop_hw=(tuple(crop) if isinstance(crop, tuple) else (crop, crop)) if crop else None,
         )
 
     def _ensure_teacher(self) -> None:
@@ -151,11 +211,7 @@ class EfficientAD(ReplayTrainingMixin, TorchMethodMixin[EfficientADConfig]):
             path = cached_teacher(
                 self.distill_config(), self.cfg.teacher_cache, progress=self.progress, device=str(self.device)
             )
-        tensors, record = load_teacher(path)
-        want = {k: getattr(self.cfg, k) for k in TEACHER_KEYS}
-        got = {k: record["config"].get(k) for k in want}
-        if got != want:
-            raise TeacherError(f"teacher {path} is a PDN {got}, this run needs {want}")
+        tensors, record = check_teacher(path, self.cfg)
         pdn_state = {k[4:]: v for k, v in tensors.items() if k.startswith("pdn.")}
         self.model.teacher.load_state_dict(pdn_state)
         self.model.teacher_mean.copy_(tensors["mean"])
