@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="write synthetic MVTec-layout tasks (see trainer.data.generate)")
     gen.add_argument("args", nargs=argparse.REMAINDER)
 
-    from linewatch.trainer.methods.efficientad.distill import add_arguments as add_distill_arguments
+    from linewatch.trainer.methods.efficientad.distill_cli import add_arguments as add_distill_arguments
 
     dist = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher offline, cached")
     add_distill_arguments(dist)
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return generate_main([*extra, *args.args])
         if args.command == "distill-teacher":
-            from linewatch.trainer.methods.efficientad.distill import run as distill_run
+            from linewatch.trainer.methods.efficientad.distill_cli import run as distill_run
 
             return distill_run(args)
         if args.command == "fit":
