@@ -65,7 +65,9 @@ def test_metrics_report_the_buffer_honestly(runs) -> None:
     assert 0 < buf["bytes"] < buf["raw_bytes"] == REPLAY_SIZE * 64 * 64 * 3 and buf["format"] == "png"
     naive_buf = by_strategy["naive"][1]["replay_buffer"]
     assert naive_buf["images"] == 0 and naive_buf["bytes"] == 0 and naive_buf == naive["replay_buffer"]
-    assert replay["slots"] == ["+".join(TASKS)] and len(replay["center"]) == 1
+    calibration = by_strategy["replay"][1]["calibration"]["main"]  # beside the metadata, not in it
+    assert calibration["slots"] == ["+".join(TASKS)] and len(calibration["center"]) == 1
+    assert "slots" not in replay and "replay_buffer" not in calibration
     log = replay["training"]
     assert [t["task"] for t in log] == list(TASKS)
     assert log[0]["replayed_images"] == 0 and all(t["replayed_images"] > 0 for t in log[1:])
