@@ -89,3 +89,11 @@ def local_patch_features(features: list[torch.Tensor]) -> torch.Tensor:
             f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
         pooled.append(f)
     return torch.cat(pooled, dim=1)
+
+
+def cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) teacher and student features -> (B, h, w) 1 - cosine similarity per position,
+    written as 0.5 * the squared distance of the unit vectors (equal, and plain ops when exported).
+
+    STFPM's per-level distance and Reverse Distillation's per-level map are this same quantity."""
+    return 0.5 * ((F.normalize(t, dim=1) - F.normalize(s, dim=1)) ** 2).sum(dim=1)

@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from trained_methods_kit import limit_threads
 
+from linewatch.trainer.methods.layers import cosine_distance
 from linewatch.trainer.methods.registry import build_method
 from linewatch.trainer.methods.reverse_distillation.method import ReverseDistillation
-from linewatch.trainer.methods.reverse_distillation.model import level_map, rd_loss
+from linewatch.trainer.methods.reverse_distillation.model import rd_loss
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +23,14 @@ def _threads():
 def test_level_map_and_loss_match_a_numpy_reference() -> None:
     g = torch.Generator().manual_seed(0)
     t, s = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
-    got = level_map(t, s).numpy()
+    got = cosine_distance(t, s).numpy()
     tn, sn = t.numpy(), s.numpy()
     for b in range(2):
         for i in range(3):
             for j in range(4):
                 a, c = tn[b, :, i, j], sn[b, :, i, j]
                 assert abs(got[b, i, j] - (1 - a @ c / np.linalg.norm(a) / np.linalg.norm(c))) < 1e-5
-    assert torch.allclose(level_map(t, 2.0 * t), torch.zeros(2, 3, 4), atol=1e-6)  # scale-free
+    assert torch.allclose(cosine_distance(t, 2.0 * t), torch.zeros(2, 3, 4), atol=1e-6)  # scale-free
     # The loss flattens each image's level into one vector (the paper's), not per position.
     flat = [
         1 - (tn[b].ravel() @ sn[b].ravel()) / np.linalg.norm(tn[b]) / np.linalg.norm(sn[b]) for b in range(2)

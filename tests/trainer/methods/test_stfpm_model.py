@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from trained_methods_kit import limit_threads
 
+from linewatch.trainer.methods.layers import cosine_distance
 from linewatch.trainer.methods.registry import build_method
 from linewatch.trainer.methods.stfpm.method import STFPM
-from linewatch.trainer.methods.stfpm.model import level_distance, stfpm_loss
+from linewatch.trainer.methods.stfpm.model import stfpm_loss
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +22,7 @@ def _threads():
 def test_level_distance_matches_a_numpy_reference() -> None:
     g = torch.Generator().manual_seed(0)
     t, s = torch.randn(2, 5, 3, 4, generator=g), torch.randn(2, 5, 3, 4, generator=g)
-    got = level_distance(t, s).numpy()
+    got = cosine_distance(t, s).numpy()
     tn, sn = t.numpy(), s.numpy()
     for b in range(2):
         for i in range(3):
@@ -29,8 +30,8 @@ def test_level_distance_matches_a_numpy_reference() -> None:
                 a = tn[b, :, i, j] / np.linalg.norm(tn[b, :, i, j])
                 c = sn[b, :, i, j] / np.linalg.norm(sn[b, :, i, j])
                 assert abs(got[b, i, j] - 0.5 * np.sum((a - c) ** 2)) < 1e-5
-    assert torch.allclose(level_distance(t, 3.0 * t), torch.zeros(2, 3, 4), atol=1e-6)  # scale-free
-    assert torch.allclose(stfpm_loss([t, t], [s, s]), 2 * level_distance(t, s).mean())
+    assert torch.allclose(cosine_distance(t, 3.0 * t), torch.zeros(2, 3, 4), atol=1e-6)  # scale-free
+    assert torch.allclose(stfpm_loss([t, t], [s, s]), 2 * cosine_distance(t, s).mean())
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
-from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.methods.layers import FrameInput, MapHead, cosine_distance, normalise
 
 
 def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -112,16 +112,6 @@ class Decoder(nn.Module):
         return out[::-1]
 
 
-def level_map(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) teacher and student features -> (B, h, w) 1 - cosine similarity per position.
-
-    Written with sums and a clamped norm, not `cosine_similarity`, so the exported graph is plain ops.
-    """
-    dot = (t * s).sum(dim=1)
-    norm = torch.sqrt((t * t).sum(dim=1) * (s * s).sum(dim=1)).clamp_min(1e-8)
-    return 1.0 - dot / norm
-
-
 def rd_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
     """The paper's loss: per level, 1 - cos of each image's flattened features, mean over the batch."""
     total = torch.zeros(())
@@ -164,7 +154,7 @@ class ReverseDistillationModel(nn.Module):
 
     def level_maps(self, frames: torch.Tensor) -> list[torch.Tensor]:
         t, s = self.features(frames)
-        return [level_map(a, b) for a, b in zip(t, s, strict=True)]
+        return [cosine_distance(a, b) for a, b in zip(t, s, strict=True)]
 
     def raw_map(self, frames: torch.Tensor) -> torch.Tensor:
         maps = self.level_maps(frames)

@@ -19,17 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
-from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
-
-
-def level_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) teacher and student features -> (B, h, w) 0.5 * squared distance of unit vectors."""
-    return 0.5 * ((F.normalize(t, dim=1) - F.normalize(s, dim=1)) ** 2).sum(dim=1)
+from linewatch.trainer.methods.layers import FrameInput, MapHead, cosine_distance, normalise
 
 
 def stfpm_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
     """Sum over levels of the mean per-position distance (the paper's loss)."""
-    return sum(level_distance(t, s).mean() for t, s in zip(teacher, student, strict=True))
+    return sum(cosine_distance(t, s).mean() for t, s in zip(teacher, student, strict=True))
 
 
 class STFPMModel(nn.Module):
@@ -50,7 +45,7 @@ class STFPMModel(nn.Module):
 
     def level_maps(self, frames: torch.Tensor) -> list[torch.Tensor]:
         t, s = self.features(frames)
-        return [level_distance(a, b) for a, b in zip(t, s, strict=True)]
+        return [cosine_distance(a, b) for a, b in zip(t, s, strict=True)]
 
     def raw_map(self, frames: torch.Tensor) -> torch.Tensor:
         maps = self.level_maps(frames)
