@@ -97,3 +97,22 @@ def cosine_distance(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
     STFPM's per-level distance and Reverse Distillation's per-level map are this same quantity."""
     return 0.5 * ((F.normalize(t, dim=1) - F.normalize(s, dim=1)) ** 2).sum(dim=1)
+
+
+def single_slot_outputs(
+    raw: torch.Tensor, center: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The graph's three outputs for a method with one shared slot: every frame's task is 0."""
+    task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
+    anomaly_map, score = normalise(raw, task, center, scale)
+    return anomaly_map, score, task
+
+
+def to_first_level(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(B, h, w) per-level maps, each bilinearly resized to the first (finest) level's grid."""
+    size = maps[0].shape[-2:]
+    up = [
+        F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+        for m in maps[1:]
+    ]
+    return [maps[0], *up]

@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
-from linewatch.trainer.methods.layers import FrameInput, MapHead, local_patch_features, normalise
+from linewatch.trainer.methods.layers import (
+    FrameInput,
+    MapHead,
+    local_patch_features,
+    single_slot_outputs,
+)
 
 
 def squared_distances(phi: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -88,6 +93,4 @@ class CFAModel(nn.Module):
 
     def forward(self, frames, bank, center, scale):
         raw = self.raw_map(frames, bank)
-        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
-        anomaly_map, score = normalise(raw, task, center, scale)
-        return anomaly_map, score, task
+        return single_slot_outputs(raw, center, scale)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from linewatch.trainer.methods.layers import FrameInput, normalise
+from linewatch.trainer.methods.layers import FrameInput, single_slot_outputs
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -149,9 +149,7 @@ class DRAEMModel(nn.Module):
 
     def forward(self, frames, center, scale):
         raw = self.raw_map(frames)
-        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
-        anomaly_map, score = normalise(raw, task, center, scale)
-        return anomaly_map, score, task
+        return single_slot_outputs(raw, center, scale)
 
 
 def focal_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:

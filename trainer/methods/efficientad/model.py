@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from linewatch.trainer.methods.efficientad.networks import AutoEncoder, pdn, pdn_output_hw
-from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.methods.layers import FrameInput, MapHead, single_slot_outputs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -104,6 +104,4 @@ class EfficientADModel(nn.Module):
 
     def forward(self, frames, quantiles, center, scale):
         raw = self.raw_map(frames, quantiles)
-        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
-        anomaly_map, score = normalise(raw, task, center, scale)
-        return anomaly_map, score, task
+        return single_slot_outputs(raw, center, scale)

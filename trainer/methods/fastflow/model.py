@@ -24,11 +24,15 @@ levels, then upsampled and smoothed (`MapHead`). Every op is static and in Tenso
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
-from linewatch.trainer.methods.layers import FrameInput, MapHead, normalise
+from linewatch.trainer.methods.layers import (
+    FrameInput,
+    MapHead,
+    single_slot_outputs,
+    to_first_level,
+)
 
 
 class FeatureNorm(nn.Module):
@@ -167,17 +171,12 @@ class FastFlowModel(nn.Module):
         return self.head([f.detach() for f in features])
 
     def raw_map(self, frames: torch.Tensor) -> torch.Tensor:
-        maps = [level_map(z) for z, _ in self.latents(frames)]
-        size = maps[0].shape[-2:]
+        maps = to_first_level([level_map(z) for z, _ in self.latents(frames)])
         total = maps[0]
         for m in maps[1:]:
-            total = total + F.interpolate(
-                m.unsqueeze(1), size=size, mode="bilinear", align_corners=False
-            ).squeeze(1)
+            total = total + m
         return self.map_head(total / len(maps))
 
     def forward(self, frames, center, scale):
         raw = self.raw_map(frames)
-        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
-        anomaly_map, score = normalise(raw, task, center, scale)
-        return anomaly_map, score, task
+        return single_slot_outputs(raw, center, scale)

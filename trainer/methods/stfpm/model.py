@@ -15,11 +15,16 @@ keeps the graph's largest tensors small.)
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
-from linewatch.trainer.methods.layers import FrameInput, MapHead, cosine_distance, normalise
+from linewatch.trainer.methods.layers import (
+    FrameInput,
+    MapHead,
+    cosine_distance,
+    single_slot_outputs,
+    to_first_level,
+)
 
 
 def stfpm_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
@@ -48,16 +53,12 @@ class STFPMModel(nn.Module):
         return [cosine_distance(a, b) for a, b in zip(t, s, strict=True)]
 
     def raw_map(self, frames: torch.Tensor) -> torch.Tensor:
-        maps = self.level_maps(frames)
-        size = maps[0].shape[-2:]
+        maps = to_first_level(self.level_maps(frames))
         product = maps[0]
         for m in maps[1:]:
-            up = F.interpolate(m.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-            product = product * up
+            product = product * m
         return self.head(product)
 
     def forward(self, frames, center, scale):
         raw = self.raw_map(frames)
-        task = torch.zeros_like(raw[:, 0, 0], dtype=torch.int64)
-        anomaly_map, score = normalise(raw, task, center, scale)
-        return anomaly_map, score, task
+        return single_slot_outputs(raw, center, scale)
