@@ -4,7 +4,8 @@ The dev set's test split must never choose a setting (the project is checked on 
 too). This benchmark splits each dev task's *training* good images into a fitting part and a
 held-out part, paints synthetic defects onto half of the held-out frames at their native resolution,
 and fits one model per candidate geometry through the trainer's CLI on the fitting part, scored on
-the held-out part. The defects are decided up front, not tuned:
+the held-out part. The defects (``trainer/data/validation_defects.py``, which ``auto`` uses for the same
+choice inside ``fit``) are decided up front, not tuned:
 
 - *blobs*: DRAEM's Perlin-noise masks filled with photograph texture
   (``trainer/data/synthetic_anomalies.py``), at 16 to 64 noise cells per side, so a blob is about
@@ -50,46 +51,11 @@ CANDIDATES: dict[str, list[str]] = {
 }
 
 
-def scratch_mask(hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """1-3 thin polylines, 1-2 px wide, 5-20 % of the diagonal long: float32 (H, W) of {0, 1}."""
-    h, w = hw
-    mask = np.zeros((h, w), np.uint8)
-    diag = float(np.hypot(h, w))
-    for _ in range(int(rng.integers(1, 4))):
-        length = rng.uniform(0.05, 0.2) * diag
-        y, x = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
-        angle = rng.uniform(0, np.pi)
-        points = [(x, y)]
-        for _ in range(4):  # a gently bending crack
-            angle += rng.normal(0, 0.3)
-            x, y = x + np.cos(angle) * length / 4, y + np.sin(angle) * length / 4
-            points.append((x, y))
-        pts = np.round(np.array(points)).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(mask, [pts], False, 1, thickness=int(rng.integers(1, 3)), lineType=cv2.LINE_AA)
-    return (mask > 0).astype(np.float32)
-
-
-def paint(frame: np.ndarray, kind: str, rng: np.random.Generator, textures: list[np.ndarray]):
-    """One synthetic defect on a copy of ``frame`` (uint8, 3 channels): (image, mask)."""
-    from linewatch.trainer.data.synthetic_anomalies import perlin_anomaly, perlin_mask, random_texture
-
-    hw = frame.shape[:2]
-    if kind == "blob":
-        for _ in range(20):  # an empty mask is possible; draw again
-            mask = perlin_mask(hw, rng, scale_range=(4, 7))
-            if mask.sum() >= 16:
-                break
-        return perlin_anomaly(frame, random_texture(textures, hw, rng), rng, (0.4, 0.8), mask=mask)
-    mask = scratch_mask(hw, rng)
-    delta = rng.uniform(10, 30) * (1 if rng.random() < 0.5 else -1)
-    out = np.clip(frame.astype(np.float32) + delta * mask[..., None], 0, 255)
-    return np.rint(out).astype(np.uint8), mask
-
-
 def build_task(src: Path, out: Path, n_fit: int, n_held: int, seed: int) -> dict[str, int]:
     """An MVTec-layout task from ``src``'s train/good only: fit images, held-out good, synthetic defects."""
     from linewatch.contract.frames import decode_file
     from linewatch.trainer.data.synthetic_anomalies import texture_source
+    from linewatch.trainer.data.validation_defects import KINDS, paint_defect
 
     rng = np.random.default_rng(seed)
     files = sorted((src / "train" / "good").iterdir())
@@ -105,7 +71,7 @@ def build_task(src: Path, out: Path, n_fit: int, n_held: int, seed: int) -> dict
         (out / "test" / "good" / p.name).symlink_to(p.resolve())
     for i, p in enumerate(defect):
         frame = decode_file(p)  # BGR, as OpenCV writes it back
-        image, mask = paint(frame, "blob" if i % 2 == 0 else "scratch", rng, textures)
+        image, mask = paint_defect(frame, KINDS[i % 2], rng, textures)
         cv2.imwrite(str(out / "test" / "synthetic" / f"{i:03d}.png"), image)
         cv2.imwrite(
             str(out / "ground_truth" / "synthetic" / f"{i:03d}_mask.png"), (mask * 255).astype(np.uint8)

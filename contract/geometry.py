@@ -26,8 +26,13 @@ enlarge), in training, evaluation and on the box alike.
 
 The image score is the max of the stitched map; the task of a frame is the majority of its tiles'.
 
-The trainer's default is ``auto`` (``choose_geometry``): a rule on the training frames' size that
-resolves to ``resize`` or ``tile`` once, at the first ``fit``, and is recorded with its reason.
+The trainer's default is ``auto``: ``choose_geometry`` is a rule on the training frames' size that
+resolves to ``resize`` or ``tile`` at the first ``fit`` (the geometry for frames of sizes no task
+has); then each task whose frames would be squeezed more than ``AUTO_MAX_SHRINK`` gets its own
+choice, validated on its training images (``trainer/geometry_choice.py``), kept in ``by_size``: a
+list of geometries, each for frames within ``SIZE_MATCH_TOLERANCE`` of one task's frame size. A
+continual model can so resize one camera's frames (large defects) and tile another's (hairline
+cracks); the frame size, known before scoring, picks the plan, on the box as in training.
 
 This is the one implementation: the trainer, the exporter and the torch-free edge all import it
 (``contract/`` is the small package every part may import), so the box cuts, resizes and stitches
@@ -171,6 +176,16 @@ def choose_geometry(
     )
 
 
+# ``by_size``: a frame uses the entry whose reference size is nearest, if each side is within this
+# factor of it (the commutator camera's frames vary by a few px; another camera differs by far more).
+SIZE_MATCH_TOLERANCE = 1.1
+
+
+def size_distance(a: tuple[int, int], b: tuple[int, int]) -> float:
+    """How far apart two frame sizes are: the larger of the two sides' log ratios."""
+    return max(abs(math.log(a[0] / b[0])), abs(math.log(a[1] / b[1])))
+
+
 def _hw(value: Any) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -190,6 +205,8 @@ class Geometry:
     margin: int = 0
     context: bool = False  # tile: also score the whole frame resized, and average the two maps
     reason: str | None = field(default=None, compare=False)  # why ``auto`` chose this geometry
+    # ``auto``, per task: ((reference frame size, geometry for frames near it), ...)
+    by_size: tuple[tuple[tuple[int, int], Geometry], ...] = ()
     _plans: dict[tuple[int, int], FramePlan] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -207,12 +224,21 @@ class Geometry:
             raise ValueError(f"frame size must be positive, got {self.frame_hw}")
         if self.context and self.mode != "tile":
             raise ValueError(f"context is a tile-mode option; mode is {self.mode!r}")
+        for hw, sub in self.by_size:
+            if sub.tile_hw != self.tile_hw or sub.by_size:
+                raise ValueError(
+                    f"by_size entry for {hw}: tile {sub.tile_hw} (must be {self.tile_hw}, unnested)"
+                )
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any] | None, tile_hw: tuple[int, int] | None = None) -> Geometry:
         """From a manifest/config ``geometry`` dict; None or a missing key means ``resize``."""
         doc = dict(doc or {})
         tile = _hw(doc.get("tile")) or _hw(tile_hw) or (256, 256)
+        by_size = tuple(
+            (_hw(entry["match"]), cls.from_dict({k: v for k, v in entry.items() if k != "match"}, tile))
+            for entry in doc.get("by_size") or ()
+        )
         return cls(
             mode=str(doc.get("mode", "resize")),
             tile_hw=tile,
@@ -222,6 +248,7 @@ class Geometry:
             margin=int(doc.get("margin", 0)),
             context=bool(doc.get("context", False)),
             reason=doc.get("reason"),
+            by_size=by_size,  # type: ignore[arg-type]
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -234,12 +261,27 @@ class Geometry:
             "margin": int(self.margin),
             **({"context": True} if self.context else {}),
             **({"reason": self.reason} if self.reason else {}),
+            **(
+                {"by_size": [{"match": list(hw), **g.as_dict()} for hw, g in self.by_size]}
+                if self.by_size
+                else {}
+            ),
         }
 
     @property
     def framed(self) -> bool:
-        """True when maps come back at frame resolution through a plan (letterbox, tile)."""
-        return self.mode != "resize"
+        """True when frames are cut through per-size plans (letterbox, tile, or any tiled ``by_size``
+        entry) and maps come back at frame resolution. All-``resize`` models take model-size inputs."""
+        return self.mode != "resize" or any(g.mode != "resize" for _, g in self.by_size)
+
+    def for_frame(self, frame_hw: tuple[int, int]) -> Geometry:
+        """The geometry that frames of this size are cut with: the ``by_size`` entry of the nearest
+        reference size within SIZE_MATCH_TOLERANCE, else this one."""
+        if not self.by_size:
+            return self
+        hw = (int(frame_hw[0]), int(frame_hw[1]))
+        dist, sub = min(((size_distance(hw, ref), g) for ref, g in self.by_size), key=lambda d: d[0])
+        return sub if dist <= math.log(SIZE_MATCH_TOLERANCE) else self
 
     def plan(self, frame_hw: tuple[int, int]) -> FramePlan:
         """The (cached) plan for frames of this size."""
@@ -248,11 +290,14 @@ class Geometry:
         if plan is None:
             if len(self._plans) >= 64:  # a camera whose frame size keeps changing: do not grow forever
                 self._plans.clear()
-            plan = self._plans[key] = FramePlan(self, key)
+            geometry = self.for_frame(key)
+            plan = self._plans[key] = FramePlan(geometry, key) if geometry is self else geometry.plan(key)
         return plan
 
     def tiles_per_frame(self, frame_hw: tuple[int, int] | None = None) -> int | None:
         """Model inputs per frame; None in tile mode when no frame size is known."""
+        if frame_hw is not None and self.by_size:
+            return self.plan(frame_hw).n
         if self.mode != "tile":
             return 1
         hw = frame_hw or self.frame_hw

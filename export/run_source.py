@@ -91,19 +91,29 @@ def golden_from_data(
                 picks.append(paths[rank])
     if not picks:
         return None, counts
-    if geometry is not None and geometry.get("mode", "resize") != "resize":
+    if geometry is not None and _framed(geometry, input_hw):
         return _golden_tiles(picks, geometry, input_hw), counts
     return read_images(picks, input_hw), counts
 
 
 def _golden_tiles(paths: list[Path], geometry: dict[str, Any], input_hw: tuple[int, int]) -> np.ndarray:
     from linewatch.contract.geometry import Geometry
-    from linewatch.trainer.data import image_size, read_images
+    from linewatch.trainer.data import read_images
 
     g = Geometry.from_dict(geometry, input_hw)
-    frames = read_images(paths, g.frame_hw or image_size(paths[0]))
-    plan = g.plan(frames.shape[1:3])
-    return np.stack([plan.cut(f)[plan.n // 2] for f in frames])
+    # Frames keep their own sizes (auto: each task's camera, each with its ``by_size`` plan).
+    frames = read_images(paths, g.frame_hw)
+    middles = []
+    for frame in frames:
+        plan = g.plan(frame.shape[:2])
+        middles.append(plan.cut(frame)[plan.n // 2])
+    return np.stack(middles)
+
+
+def _framed(geometry: dict[str, Any], input_hw: tuple[int, int]) -> bool:
+    from linewatch.contract.geometry import Geometry
+
+    return Geometry.from_dict(geometry, input_hw).framed
 
 
 def synthetic_golden(input_hw: tuple[int, int], n: int = 3, seed: int = 0) -> np.ndarray:

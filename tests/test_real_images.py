@@ -5,7 +5,8 @@ A seeded subset of two dev-set tasks (``../shared/devset``: ball-screw pitting o
 hairline cracks on about 500x1260 commutator frames) is learnt as one continual model through
 ``linewatch-train fit`` + ``update`` with no flags beyond ``--data`` and ``--tasks``. Then:
 
-1. ``auto`` chose tiling, said why, and recorded it in run.json, metrics.json and the manifest;
+1. ``auto`` chose each camera's geometry (resize or tile) on that task's training images, said why,
+   and recorded it in run.json, metrics.json and the manifest;
 2. each task stays above a floor set from measurements on this subset (see FLOORS): a pipeline
    that squeezes these frames to 256x256 again falls below it;
 3. the native-resolution test frames (their original JPEG bytes) go through a ``dir:`` camera into
@@ -99,14 +100,22 @@ def bundle(run: tuple[Path, dict, str], tmp_path_factory: pytest.TempPathFactory
     return out
 
 
-def test_auto_tiles_large_real_frames_and_says_why(run: tuple[Path, dict, str], bundle: Path) -> None:
+def test_auto_chooses_each_cameras_geometry_on_training_images_and_says_why(
+    run: tuple[Path, dict, str], bundle: Path
+) -> None:
     run_dir, metrics, printed = run
     saved = json.loads((run_dir / "state" / "run.json").read_text())["config"]["geometry"]
-    assert saved["mode"] == "tile" and "squeezed" in saved["reason"] and saved["learn_frame_size"] is False
-    assert metrics["geometry"]["mode"] == "tile" and metrics["geometry"]["reason"] == saved["reason"]
-    assert f"geometry: {saved['reason']}" in printed
+    assert saved["auto"] is True and saved["learn_frame_size"] is False
+    assert "squeezed" in saved["reason"] and f"geometry: {saved['reason']}" in printed
+    entries = {tuple(e["tasks"]): e for e in saved["by_size"]}
+    assert set(entries) == {(task,) for _, task in TASKS}
+    for (task,), entry in entries.items():
+        # large frames: resize and tile were both fitted on training images and compared
+        assert "validated on 10 held-out training frames" in entry["reason"], entry["reason"]
+        assert entry["reason"].endswith(f": {entry['mode']}") and f"geometry for {task}: " in printed
+    assert metrics["geometry"]["by_size"] == saved["by_size"]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["geometry"]["mode"] == "tile" and manifest["geometry"]["reason"] == saved["reason"]
+    assert manifest["geometry"]["by_size"] == saved["by_size"]  # the box cuts each camera the same way
     assert manifest["geometry"]["frame_size"] is None  # every frame cut at its own size
 
 

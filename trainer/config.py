@@ -58,6 +58,16 @@ class GeometryConfig(BaseModel):
         "and orientations each keep their pixels)",
     )
     reason: str | None = Field(None, description="why `auto` chose this geometry (set by fit)")
+    auto: bool = Field(
+        False,
+        description="set when `auto` resolved this geometry: every new task's frame size then gets its "
+        "own choice (`by_size`), at `fit` and at `update` alike",
+    )
+    by_size: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="`auto`, per task: geometries for frames near a reference size (`match`), with "
+        "the tasks they serve and why (contract.geometry.Geometry.for_frame)",
+    )
 
 
 class TrainConfig(LayeredSettings):
@@ -139,6 +149,7 @@ class TrainConfig(LayeredSettings):
             "margin": g.margin,
             **({"context": True} if g.context else {}),
             **({"reason": g.reason} if g.reason else {}),
+            **({"by_size": [dict(entry) for entry in g.by_size]} if g.by_size else {}),
         }
 
     @classmethod

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import f1_score
 
-from linewatch.contract.geometry import choose_geometry
+from linewatch.contract.geometry import Geometry, choose_geometry
 from linewatch.trainer import metrics as M
 from linewatch.trainer.config import TrainConfig
 from linewatch.trainer.data import DatasetError, image_size, load_task, read_images, read_masks, take_frames
+from linewatch.trainer.geometry_choice import choose_task_geometry
 from linewatch.trainer.learner import Learner, TaskData
 from linewatch.trainer.report import TaskEval, write_report
 from linewatch.trainer.runs import load_run, save_run
@@ -41,7 +42,7 @@ def _read_size(split: Any, cfg: TrainConfig) -> tuple[int, int] | None:
     frame at its own size (`auto` tiling). The learner cuts the model inputs itself, and test masks
     stay at full resolution so metrics judge the stitched full-frame maps."""
     g = cfg.geometry
-    if g.mode == "resize":
+    if not Geometry.from_dict(cfg.geometry_manifest()).framed:
         return tuple(cfg.image_size)
     if g.frame_size is not None:
         return tuple(g.frame_size)
@@ -86,14 +87,34 @@ def _first_frame_size(split: Any) -> tuple[int, int]:
 
 
 def resolve_auto_geometry(learner: Learner, spec: str, tasks: list[str], log: Log = print) -> None:
-    """`auto` becomes a concrete geometry before the first task is read, from the size of each new
-    task's first training image (contract.geometry.choose_geometry); printed and kept in the run."""
-    if learner.cfg.geometry.mode != "auto":
+    """`auto`, before any new task is read. At the first `fit` the size rule over every new task's
+    frames (contract.geometry.choose_geometry) sets the geometry for frame sizes no task has; then
+    each new task whose frame size has no choice yet gets its own (trainer/geometry_choice.py,
+    validated on its training images), added to `by_size`. Printed and kept in the run, so `eval`,
+    the exporter and the edge never re-decide, and `update` decides only for new frame sizes."""
+    if learner.cfg.geometry.mode == "auto":
+        splits = {t: load_task(spec, t) for t in tasks}
+        doc, reason = choose_geometry(
+            [_first_frame_size(s) for s in splits.values()], tuple(learner.cfg.image_size)
+        )
+        learner.set_geometry(doc, reason)
+        log(f"geometry: {reason}")
+    if not learner.cfg.geometry.auto:
         return
-    sizes = [_first_frame_size(load_task(spec, t)) for t in tasks]
-    doc, reason = choose_geometry(sizes, tuple(learner.cfg.image_size))
-    learner.set_geometry(doc, reason)
-    log(f"geometry: {reason}")
+    for task in tasks:
+        split = load_task(spec, task)
+        hw = _first_frame_size(split)
+        geometry = learner.geometry
+        known = geometry.for_frame(hw) is not geometry or any(
+            task in entry.get("tasks", ()) for entry in learner.cfg.geometry.by_size
+        )
+        if known:  # a camera a task already chose for: its frames must keep being cut that way
+            log(f"geometry for {task}: as the earlier task with {hw[0]}x{hw[1]} frames")
+            continue
+        n_tasks = len(learner.tasks) + len(tasks)  # the tasks the model will hold after this step
+        doc, reason = choose_task_geometry(learner.cfg, task, [s.path for s in split.train], hw, log, n_tasks)
+        learner.set_size_geometry(task, hw, doc, reason)
+        log(f"geometry for {task}: {reason}")
 
 
 def evaluate_task(learner: Learner, data: TaskData) -> tuple[dict[str, Any], TaskEval, np.ndarray | None]:

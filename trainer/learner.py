@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from linewatch.contract.geometry import Geometry
-from linewatch.trainer.config import TrainConfig
+from linewatch.trainer.config import GeometryConfig, TrainConfig
 from linewatch.trainer.data.images import Frames, concat_frames
 from linewatch.trainer.methods.base import Method, Prediction
 from linewatch.trainer.methods.registry import create_method, method_class
@@ -79,10 +79,22 @@ class Learner:
         update = {k: doc[k] for k in ("mode", "overlap", "scale", "margin", "context") if k in doc}
         if update.get("mode") != "tile":
             update["context"] = False  # a context view is part of a tile plan only
-        g = self.cfg.geometry.model_copy(update={**update, "learn_frame_size": False, "reason": reason})
+        g = self.cfg.geometry.model_copy(
+            update={**update, "learn_frame_size": False, "reason": reason, "auto": True}
+        )
+        self._use_geometry(g)
+
+    def set_size_geometry(self, task: str, frame_hw: tuple[int, int], doc: dict, reason: str) -> None:
+        """Add `auto`'s choice for one task's frame size (trainer/geometry_choice.py) to `by_size`.
+        Frames of that size are cut with it from now on, in training, evaluation and on the box."""
+        g = self.cfg.geometry
+        entry = {"match": list(frame_hw), **doc, "tasks": [task], "reason": reason}
+        self._use_geometry(g.model_copy(update={"by_size": [*g.by_size, entry]}))
+
+    def _use_geometry(self, g: GeometryConfig) -> None:
         self.cfg = self.cfg.model_copy(update={"geometry": g})
         for m in self.methods.values():
-            m.geometry = self.geometry
+            m.geometry = self.geometry if self.geometry.framed else None
 
     def _note_frame_size(self, task: TaskData) -> None:
         """Record the frame size in the config on first sight, so later tasks and the bundle agree."""

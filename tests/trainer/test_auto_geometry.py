@@ -51,6 +51,11 @@ def test_auto_tiles_each_camera_at_its_own_size(tmp_path: Path) -> None:
     assert any(line == f"geometry: {geometry['reason']}" for line in lines)
     saved = json.loads((run / "state" / "run.json").read_text())["config"]["geometry"]
     assert saved["learn_frame_size"] is False and saved["reason"] == geometry["reason"]
+    # each camera got its own choice (8 training images are too few to validate: the rule's tiling)
+    entries = {tuple(e["tasks"]): e for e in geometry["by_size"]}
+    assert set(entries) == {("brick",), ("moon",)} and saved["by_size"] == geometry["by_size"]
+    assert all(e["mode"] == "tile" and "too few training images" in e["reason"] for e in entries.values())
+    assert any(line.startswith("geometry for moon: ") for line in lines)
     # both tasks evaluated after the second step, on their own frames (portrait ones ragged)
     assert len(metrics["matrix"]["image_auroc"]) == 2 and None not in metrics["matrix"]["image_auroc"][1]
     assert all(v is not None for v in metrics["matrix"]["pixel_auroc"][1])

@@ -113,9 +113,11 @@ class TorchMethodMixin(Generic[C]):
                 plan = self.geometry.plan(frame.shape[:2])
                 tiles = plan.cut(frame)
                 parts = [graph.module(t, *inputs) for t in batches(tiles, self.batch_size)]
-                full = plan.stitch(torch.cat([p[0] for p in parts]).numpy())
-                maps.append(full)
-                scores.append(np.float32(full.max()))
+                # The score is the max of the map at the plan's own resolution, as the edge takes it
+                # (a ``resize`` entry of ``by_size`` keeps model resolution until metrics need the frame's).
+                small = plan.stitch(torch.cat([p[0] for p in parts]).numpy(), frame_size=False)
+                maps.append(small if small.shape == plan.frame_hw else resize_frame(small, plan.frame_hw))
+                scores.append(np.float32(small.max()))
                 tasks.append(combine_tasks(torch.cat([p[2] for p in parts]).numpy()))
         if len({m.shape for m in maps}) > 1:  # frames of several sizes: maps at the first's, for metrics
             maps = [resize_frame(m, maps[0].shape) for m in maps]
@@ -133,7 +135,7 @@ class TorchMethodMixin(Generic[C]):
                 for frame in images:
                     plan = self.geometry.plan(frame.shape[:2])
                     raw = [self._raw_map(t, slot) for t in batches(plan.cut(frame), self.batch_size)]
-                    out.append(plan.stitch(torch.cat(raw).numpy()).max())
+                    out.append(plan.stitch(torch.cat(raw).numpy(), frame_size=False).max())
             return np.asarray(out, dtype=np.float64)
         out = []
         with torch.inference_mode():
