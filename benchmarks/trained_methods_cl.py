@@ -11,6 +11,16 @@ the seconds each task took to train, the teacher's distillation time (EfficientA
 the replay buffer's cost.
 
     python benchmarks/trained_methods_cl.py --device cuda [--methods efficientad stfpm cfa reverse_distillation]
+
+``--devset ../shared/devset`` runs the real dev set instead (issue 18's table): ball_screw ->
+commutator -> impeller, each from its own root (``fit`` then ``update``, as a user runs them), every
+method in ``--methods`` (all eight by default there) under its continual strategy and ``naive``, at
+``--size`` px with ``--geometry`` (``resize`` by default: the trained methods' CPU budget; the
+PatchCore default ``auto`` is measured by ``real_images.py``), on a seeded subset
+(``--max-train``, ``--max-test``), plus the edge's ms per frame (the exported bundle in onnxruntime).
+
+    python benchmarks/trained_methods_cl.py --devset ../shared/devset --device cpu --size 128 \
+        --max-train 24 --max-test 10 --steps 150
 """
 
 from __future__ import annotations
@@ -30,6 +40,17 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TASKS = ["brick", "moon", "cell"]
+DEV_SEQUENCE = [("bsdata", "ball_screw"), ("kolektor", "commutator"), ("casting", "impeller")]
+ALL_METHODS = [
+    "patchcore",
+    "padim",
+    "cfa",
+    "efficientad",
+    "stfpm",
+    "draem",
+    "fastflow",
+    "reverse_distillation",
+]
 KEYS = ("image_auroc", "pixel_auroc", "aupro", "pixel_aupr")
 
 
@@ -54,10 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["efficientad", "stfpm"],
-        choices=["efficientad", "stfpm", "cfa", "reverse_distillation"],
+        default=None,
+        choices=ALL_METHODS,
+        help="default: efficientad stfpm (generated data), all eight (--devset)",
     )
-    p.add_argument("--strategies", nargs="+", default=["replay", "naive"])
+    p.add_argument("--strategies", nargs="+", default=None, help="default: each method's first, and naive")
+    p.add_argument("--devset", type=Path, help="the real dev set root (../shared/devset): issue 18's table")
+    p.add_argument("--geometry", default="resize", help="--devset: the geometry mode")
+    p.add_argument("--max-train", type=int, default=24, help="--devset: train images per task")
+    p.add_argument("--max-test", type=int, default=10, help="--devset: test images per test folder")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--n-train", type=int, default=60)
     p.add_argument(
@@ -68,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: a temp folder)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "trained_methods_cl.json")
     args = p.parse_args(argv)
+    if args.devset is not None:
+        return devset_table(args)
+    args.methods = args.methods or ["efficientad", "stfpm"]
 
     import torch
 
@@ -97,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["generate_seconds"] = round(time.perf_counter() - t0, 1)
         for method in args.methods:
-            for strategy in args.strategies:
+            for strategy in args.strategies or ["replay", "naive"]:
                 section = {"device": args.device, "steps": args.steps, "replay": {"size": args.replay_size}}
                 if method == "efficientad":
                     section |= {"distill_steps": args.distill_steps, "teacher_cache": str(work / "teachers")}
@@ -126,6 +155,83 @@ def main(argv: list[str] | None = None) -> int:
                 args.out.write_text(
                     json.dumps(result, indent=2) + "\n"
                 )  # after every run: partial results survive
+    print(f"written to {args.out}")
+    return 0
+
+
+def _section(method: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The method's own settings for this run: the training budget for trained methods only."""
+    from linewatch.trainer.methods.registry import method_class
+
+    fields = method_class(method).Config.model_fields
+    section: dict[str, Any] = {}
+    if "steps" in fields:
+        section |= {"device": args.device, "steps": args.steps, "replay": {"size": args.replay_size}}
+    if method == "efficientad":
+        section |= {"distill_steps": args.distill_steps, "teacher_cache": str(work / "teachers")}
+    return section
+
+
+def devset_table(args: argparse.Namespace) -> int:
+    """Every method, continual and naive, over the three dev tasks; edge ms per frame of each bundle."""
+    from benchmarks.real_images import edge_cost
+    from linewatch.trainer import continual
+    from linewatch.trainer.config import config_from_values
+    from linewatch.trainer.data.subset import link_subset
+    from linewatch.trainer.methods.registry import method_class
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="lw-trained-dev-"))
+    data = work / "devset-subset"
+    for root, task in DEV_SEQUENCE:
+        if not (data / root / task).exists():
+            link_subset(
+                args.devset / root / task, data / root / task, args.max_train, args.max_test, args.max_test
+            )
+    result: dict[str, Any] = {
+        "benchmark": "trained_methods_cl --devset",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "tasks": [t for _, t in DEV_SEQUENCE],
+        "runs": {},
+    }
+    for method in args.methods or ALL_METHODS:
+        first = method_class(method).strategies[0]
+        for strategy in args.strategies or [first, "naive"]:
+            cfg = config_from_values(
+                {
+                    "method": method,
+                    "strategy": strategy,
+                    "image_size": (args.size, args.size),
+                    "geometry": {"mode": args.geometry},
+                    "progress": False,
+                    "report": False,
+                    method: _section(method, args, work),
+                }
+            )
+            run = work / f"run-{method}-{strategy}"
+            t0 = time.perf_counter()
+            for i, (root, task) in enumerate(DEV_SEQUENCE):
+                if i == 0:
+                    metrics = continual.fit(cfg, f"mvtec:{data / root}", [task], run, log=lambda _: None)
+                else:
+                    metrics = continual.update(run, f"mvtec:{data / root}", [task], log=lambda _: None)
+            row = {**_summary(metrics), "wall_seconds": round(time.perf_counter() - t0, 1)}
+            last = metrics["matrix"]
+            row["final_by_task"] = {
+                k: dict(zip(metrics["tasks"], last[k][-1], strict=True)) for k in KEYS if k in last
+            }
+            edge = edge_cost(data, run, work, frames_per_task=6, threads=2)
+            row["edge_ms_median"] = {t: edge[t]["ms_chosen"]["median"] for _, t in DEV_SEQUENCE}
+            result["runs"][f"{method}/{strategy}"] = row
+            print(
+                f"{method}/{strategy}: final image AUROC {row['final']['image_auroc']:.3f}, forgetting "
+                f"{row['forgetting']['image_auroc']:.3f}, wall {row['wall_seconds']} s, "
+                f"edge ms {row['edge_ms_median']}",
+                flush=True,
+            )
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")  # partial results survive
     print(f"written to {args.out}")
     return 0
 
