@@ -43,7 +43,8 @@ pytestmark = [
 TASKS = [("bsdata", "ball_screw"), ("kolektor", "commutator")]
 N_TRAIN, N_GOOD, N_DEFECT = 20, 8, 8
 # Image AUROC floors on this subset, from measurements (2026-11-29, this subset, CLI defaults):
-#   auto (tiles at scale 0.75): ball_screw 0.797, commutator 0.969
+#   auto (its validation on the training images picks tile for both, scale 0.75): ball_screw 0.797,
+#   commutator 0.969 (again 2026-11-30 with the per-camera choice)
 #   --geometry resize (squeezed to 256x256): ball_screw 0.906, commutator 0.813
 # The commutator floor is what a revert to squeezing fails: hairline cracks vanish at 256 px. Pitting
 # is visible at 256 px and tiling costs it (see the issue 11 note); its floor guards against collapse.
