@@ -61,6 +61,7 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     inflight_window: int = Field(200, ge=1, le=65000)  # unacknowledged QoS1 messages handed to the socket
+    payload: Literal["json", "sparkplug"] = "json"  # sparkplug: Sparkplug B 3.0, see [sparkplug]
 
     @field_validator("url")
     @classmethod
@@ -92,6 +93,25 @@ class MqttConfig(_Section):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
         return None
+
+
+_SPARKPLUG_ID = r"^[^/+#\s]{1,64}$"
+
+
+class SparkplugConfig(_Section):
+    """Sparkplug B mode (``mqtt.payload = "sparkplug"``): ``spBv1.0/<group_id>/.../<edge_node_id>/<camera>``.
+
+    ``qos`` 1 (default) lets the broker's PUBACK delete a verdict from the outbox, which is the no-loss
+    guarantee; Sparkplug 3.0 asks QoS 0 for births and data, which ``qos = 0`` gives, at the price of
+    verdicts lost in an outage. ``rebirth_min_interval_s`` bounds how often births go out on
+    ``Node Control/Rebirth`` (a storm of requests is merged).
+    """
+
+    group_id: str = Field("linewatch", pattern=_SPARKPLUG_ID)
+    edge_node_id: str | None = Field(None, pattern=_SPARKPLUG_ID)  # default: the host name
+    qos: Literal[0, 1] = 1
+    heatmap: bool = False  # the overlay JPEG of anomalous frames as the Inspection/Heatmap bytes metric
+    rebirth_min_interval_s: float = Field(1.0, ge=0, le=3600)
 
 
 class TopicConfig(_Section):
@@ -241,6 +261,7 @@ class EdgeConfig(LayeredSettings):
 
     mqtt: MqttConfig = MqttConfig()
     topic: TopicConfig = TopicConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
     publish: PublishConfig = PublishConfig()
     queues: QueueConfig = QueueConfig()
     backend: BackendConfig = BackendConfig()

@@ -89,6 +89,12 @@ class EdgeRuntime:
         self.postprocess = PostprocessWorker(
             self.by_name, self.results, self.outbox, cfg, self.telemetry, self.models
         )
+        self.sparkplug: Any = None  # SparkplugEdge in mqtt.payload = "sparkplug" mode
+        if cfg.mqtt.payload == "sparkplug":
+            from linewatch.edge.publish.sparkplug.wiring import SparkplugEdge  # protobuf: [sparkplug] extra
+
+            self.sparkplug = SparkplugEdge(self)
+            self.postprocess.encode = self.sparkplug.result_rows
         self.server: MetricsServer | None = None
         self.stopping = threading.Event()
         self._stopped = False
@@ -103,7 +109,7 @@ class EdgeRuntime:
         model = self.models.load_initial()
         self._started = True
         self.telemetry.set_model(model.name, model.version, model.backend_name)
-        for cam in self.cameras:
+        for cam in [] if self.sparkplug else self.cameras:
             cam.link = MqttLink(
                 self.cfg.mqtt,
                 cam.name,
@@ -114,6 +120,8 @@ class EdgeRuntime:
                 on_delivered=partial(self._delivered, cam),
             )
             cam.link.start()
+        if self.sparkplug:
+            self.sparkplug.start()
         self.postprocess.start()
         self.inference.start()
         for cam in self.cameras:
@@ -308,8 +316,10 @@ class EdgeRuntime:
         for cam in self.cameras:
             body = self.metrics_payload(cam, period)
             self._export_gauges(cam, body)
-            if cam.link is not None:
+            if cam.link is not None and self.sparkplug is None:
                 cam.link.send(cam.topic("metrics"), payloads.dumps(body), qos=0)
+        if self.sparkplug is not None and self.sparkplug.link is not None:
+            self.sparkplug.link.publish_status()  # counters, latencies, outbox: by exception
         t = self.telemetry
         t.queue_depth.labels("results").set(len(self.results))
         t.drops.labels("results").set(self.results.dropped)
