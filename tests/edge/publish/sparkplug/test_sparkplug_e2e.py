@@ -88,7 +88,7 @@ def test_births_seq_bdseq_aliases_and_nothing_lost_over_two_broker_restarts(
     rec = mqtt_recorder([f"spBv1.0/{GROUP}/#"])
     spools = [tmp_path / c for c in CAMS]
     rt = runtime_factory(
-        sparkplug_config(tmp_path, mqtt_broker.url), make_bundle(tmp_path / "toy-v1"),
+        sparkplug_config(tmp_path, mqtt_broker.url, heatmap=True), make_bundle(tmp_path / "toy-v1"),
         [f"dir:{s}" for s in spools], CAMS,
     )  # fmt: skip
     n = 0
@@ -124,6 +124,11 @@ def test_births_seq_bdseq_aliases_and_nothing_lost_over_two_broker_restarts(
     for cam in CAMS:
         got = frames(host, cam)
         assert sorted(got) == list(range(n)), f"{cam}: verdicts missing"
+        for fid, m in got.items():  # the overlay of an anomaly rides along as a bytes metric
+            heatmap = m.value("Inspection/Heatmap")
+            assert (heatmap is not None) == (fid % 5 == 4), fid
+            if heatmap is not None:
+                assert cv2.imdecode(np.frombuffer(heatmap, np.uint8), cv2.IMREAD_COLOR) is not None
     # the verdict, reported by exception: follow Anomalous through the stream as a host would
     for cam in CAMS:
         state = None

@@ -64,3 +64,11 @@ def test_sparkplug_ids_reject_topic_characters(bad: str) -> None:
 
     with pytest.raises(ConfigError):
         load_config(None, {"sparkplug": {"edge_node_id": bad}})
+
+
+def test_readme_lists_every_metric() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[4] / "README.md").read_text()
+    missing = [m.name for m in (*NODE_METRICS, *DEVICE_METRICS) if f"`{m.name}`" not in readme]
+    assert not missing, f"README's Sparkplug table lacks {missing}"
