@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import jsonschema
 
+from linewatch.edge.handshake import HandshakeError
 from linewatch.edge.inference.postprocess import frame_jpeg, overlay_jpeg
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.publish import payloads
@@ -30,7 +31,13 @@ from linewatch.edge.publish.mqtt import response_properties
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log
 
-VERBS = {"reload": "cmd_reload", "set-threshold": "cmd_set_threshold", "snapshot": "cmd_snapshot"}
+VERBS = {
+    "reload": "cmd_reload",
+    "set-threshold": "cmd_set_threshold",
+    "snapshot": "cmd_snapshot",
+    "trigger": "cmd_trigger",  # the PLC handshake of a triggered camera (edge/handshake.py)
+    "ack": "cmd_ack",
+}
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -136,8 +143,25 @@ class CommandHandler:
             threading.Thread(
                 target=self._do_reload, args=(request, reply), name="cmd-reload", daemon=True
             ).start()
+        elif verb in ("trigger", "ack"):
+            self._handshake(camera, verb, request, reply)
         else:
             reply(error=f"unknown command {verb!r}")
+
+    def _handshake(self, camera: Any, verb: str, request: dict[str, Any], reply: Reply) -> None:
+        gate = getattr(camera, "gate", None)
+        if gate is None:
+            reply(error=f"camera {camera.name!r} is not triggered (add it to [trigger] cameras)")
+            return
+        try:
+            if verb == "trigger":
+                tid = gate.trigger(int(request.get("recipe", 0)), source="mqtt")
+                reply(result={"trigger_id": tid, "recipe": int(request.get("recipe", 0))})
+            else:
+                reply(result=gate.ack(request.get("trigger_id")))
+        except HandshakeError as exc:
+            limited.warning("handshake refused", camera.name, camera=camera.name, error=str(exc))
+            reply(error=str(exc))
 
     def _snapshot(
         self, camera: Any, request: dict[str, Any], reply: Reply, publish: Callable[[bytes], str]

@@ -219,6 +219,14 @@ class ReloadConfig(_Section):
     require_signature: bool = False
 
 
+class TriggerConfig(_Section):
+    """PLC trigger handshake (edge/handshake.py): which cameras score only on a trigger, and how long a
+    trigger waits for its frame and verdict before it counts as missed."""
+
+    cameras: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(5.0, gt=0, le=3600)
+
+
 class CameraConfig(_Section):
     """Source behaviour: reopen backoff, stall detection, what a video file does at its end."""
 
@@ -270,6 +278,7 @@ class EdgeConfig(LayeredSettings):
     metrics: MetricsConfig = MetricsConfig()
     reload: ReloadConfig = ReloadConfig()
     camera: CameraConfig = CameraConfig()
+    trigger: TriggerConfig = TriggerConfig()
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
 

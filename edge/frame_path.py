@@ -260,6 +260,8 @@ class PostprocessWorker(_Stage):
             task=item.task, regions=regions, latency_ms=latency, heatmap=heatmap is not None, error=error,
         )  # fmt: skip
         messages = self.encode(cam, frame, body, heatmap) if cfg.mode == "every_frame" or anomalous else []
+        if cam.gate is not None:
+            cam.gate.complete(frame, anomalous, len(regions), score)
         cam.latest = (frame, amap, frame.frame_id)
         cam.summary.add(frame.frame_id, score, anomalous)
         image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None

@@ -83,6 +83,9 @@ class EdgeRuntime:
             for name, uri in zip(names, sources, strict=True)
         ]
         self.by_name = {c.name: c for c in self.cameras}
+        unknown = sorted(set(cfg.trigger.cameras) - set(self.by_name))
+        if unknown:
+            raise ValueError(f"[trigger] cameras {unknown} are not among the cameras {names}")
         self.results: BoundedQueue[Scored] = BoundedQueue(cfg.queues.results, cfg.queues.results_policy)
         self.commands = CommandHandler(self._reload)
         self.inference = InferenceWorker(self.cameras, self.models, self.results, cfg, self.telemetry)
@@ -109,6 +112,10 @@ class EdgeRuntime:
         model = self.models.load_initial()
         self._started = True
         self.telemetry.set_model(model.name, model.version, model.backend_name)
+        for cam in self.cameras:
+            if cam.gate is not None:
+                cam.gate.recipes = max(1, len(model.bundle.tasks))
+                cam.gate.listeners.append(partial(self._handshake_changed, cam))
         for cam in [] if self.sparkplug else self.cameras:
             cam.link = MqttLink(
                 self.cfg.mqtt,
@@ -122,6 +129,9 @@ class EdgeRuntime:
             cam.link.start()
         if self.sparkplug:
             self.sparkplug.start()
+        for cam in self.cameras:
+            if cam.gate is not None:
+                self._handshake_changed(cam, cam.gate.snapshot())  # the retained idle state
         self.postprocess.start()
         self.inference.start()
         for cam in self.cameras:
@@ -233,6 +243,16 @@ class EdgeRuntime:
     def _command(self, cam: Camera, verb: str, raw: bytes, properties: Any) -> None:
         self.commands.handle(cam, verb, raw, properties)
 
+    def _handshake_changed(self, cam: Camera, snapshot: dict[str, Any]) -> None:
+        """A triggered camera's handshake moved: retained ``<root>/handshake`` (JSON) or metrics."""
+        if cam.link is None:
+            return
+        if self.sparkplug is not None:
+            cam.link.publish_status()
+            return
+        body = payloads.dumps(payloads.handshake_payload(snapshot))
+        cam.link.send(cam.topic("handshake"), body, qos=1, retain=True)
+
     def _delivered(self, cam: Camera, row_id: int) -> None:
         mark = cam.marks.pop(row_id, None)
         if mark is None:
@@ -340,6 +360,9 @@ class EdgeRuntime:
         tick = min(self.cfg.metrics.period_s, watchdog or self.cfg.metrics.period_s, 1.0)
         next_metrics = time.monotonic() + self.cfg.metrics.period_s
         while not self.stopping.wait(tick):
+            for cam in self.cameras:
+                if cam.gate is not None:
+                    cam.gate.tick()  # a trigger with no frame or verdict in time is a missed one
             if watchdog is not None and self.healthy()[0]:
                 sdnotify.notify("WATCHDOG=1")
             if time.monotonic() >= next_metrics:

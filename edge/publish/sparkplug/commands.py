@@ -88,12 +88,21 @@ def parse_dcmd(node: Any, device: str, raw: bytes) -> list[tuple[str, dict[str, 
             except jsonschema.ValidationError as exc:
                 raise CommandError(f"Inspection/Threshold: {exc.message}") from exc
             out.append(("set-threshold", request))
+        elif spec.name == "Handshake/Trigger":
+            request = {"recipe": value}
+            try:
+                payloads.validate("cmd_trigger", request)
+            except jsonschema.ValidationError as exc:
+                raise CommandError(f"Handshake/Trigger: {exc.message}") from exc
+            out.append(("trigger", request))
         elif value is not True:
             raise CommandError(f"write true to {spec.name!r} (got {value!r})")
         elif spec.name == "Command/Reload":
             out.append(("reload", {}))
         elif spec.name == "Command/Snapshot":
             out.append(("snapshot", {}))
+        elif spec.name == "Handshake/Ack":
+            out.append(("ack", {}))
     return out
 
 

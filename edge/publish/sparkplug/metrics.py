@@ -90,6 +90,17 @@ DEVICE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("Command/Last Result", DT.String, "state", doc="'<verb>: ok' or the refusal"),
     MetricSpec("Command/Rejected", DT.UInt64, "state", doc="DCMDs refused (nothing changed)"),
     MetricSpec("Snapshot/JPEG", DT.Bytes, "event", doc="the last snapshot (null in births)"),
+    # PLC handshake of a triggered camera (edge/handshake.py); null on free-running cameras
+    MetricSpec("Handshake/Trigger", DT.Int32, "command", True, "write the recipe index = trigger"),
+    MetricSpec("Handshake/Ack", DT.Boolean, "command", True, "write true = the result was read"),
+    MetricSpec("Handshake/State", DT.String, "state", doc="idle, armed, busy or ready"),
+    MetricSpec("Handshake/Results Ready", DT.Boolean, "state", doc="a result is held until Ack"),
+    MetricSpec("Handshake/OK", DT.Boolean, "state", doc="the held result: true = OK, false = NG"),
+    MetricSpec("Handshake/Regions", DT.UInt32, "state", doc="the held result's region count"),
+    MetricSpec("Handshake/Trigger ID", DT.UInt64, "state", doc="the last accepted trigger"),
+    MetricSpec("Handshake/Missed", DT.UInt64, "state", doc="triggers with no frame/verdict in time"),
+    MetricSpec("Handshake/Untriggered", DT.UInt64, "state", doc="frames with no trigger (not scored)"),
+    MetricSpec("Handshake/Refused", DT.UInt64, "state", doc="triggers/acks refused (busy, no result)"),
 )
 
 NODE_BY_NAME = {m.name: m for m in NODE_METRICS}

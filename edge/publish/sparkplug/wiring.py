@@ -118,5 +118,24 @@ class SparkplugEdge:
                     "Model/Error": rt.models.last_error or "",
                     "Latency/p50 ms": e2e["p50"],
                     "Latency/p99 ms": e2e["p99"],
+                    **handshake_state(cam),
                 },
             )
+
+
+def handshake_state(cam: Camera) -> dict[str, Any]:
+    """A triggered camera's handshake as metrics (nothing for a free-running one: they stay null)."""
+    if cam.gate is None:
+        return {}
+    snap = cam.gate.snapshot()
+    held, counters = snap["result"] or {}, snap["counters"]
+    return {
+        "Handshake/State": snap["state"],
+        "Handshake/Results Ready": snap["results_ready"],
+        "Handshake/OK": held.get("ok"),
+        "Handshake/Regions": held.get("regions"),
+        "Handshake/Trigger ID": snap["trigger_id"],
+        "Handshake/Missed": counters["missed"],
+        "Handshake/Untriggered": counters["untriggered"],
+        "Handshake/Refused": counters["refused"],
+    }

@@ -253,3 +253,31 @@ def test_vendored_module_is_the_protoc_output_of_the_schema(tmp_path: Path) -> N
 
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def test_plc_handshake_over_sparkplug(
+    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path, runtime_factory: Any
+) -> None:
+    rec = mqtt_recorder([f"spBv1.0/{GROUP}/#"])
+    spool = tmp_path / "line1"
+    spool.mkdir()
+    cfg = sparkplug_config(tmp_path, mqtt_broker.url)
+    cfg.trigger.cameras = ["line1"]
+    rt = runtime_factory(cfg, make_bundle(tmp_path / "toy-v1"), [f"dir:{spool}"], ["line1"])
+    value = lambda name: _device_value(rec, "line1", name)  # noqa: E731
+    wait_for(lambda: value("Handshake/State") == "idle", 60, what="idle in the DBIRTH")
+    client = _cmd_client(mqtt_broker)
+    dcmd = f"spBv1.0/{GROUP}/DCMD/{NODE}/line1"
+    client.publish(dcmd, encode([{"name": "Handshake/Trigger", "datatype": DOUBLE, "double_value": 0.0}]), 1)
+    wait_for(lambda: value("Command/Rejected") == 1, 30, what="wrong datatype refused")
+    assert rt.cameras[0].gate.state == "idle"
+    client.publish(dcmd, encode([{"name": "Handshake/Trigger", "datatype": 3, "int_value": 0}]), 1)
+    wait_for(lambda: value("Handshake/State") == "armed", 30, what="armed")
+    write_frame(spool, 0, True)
+    wait_for(lambda: value("Handshake/Results Ready") is True, 60, what="results ready")
+    assert value("Handshake/OK") is False and value("Handshake/Regions") >= 1
+    client.publish(dcmd, encode([{"name": "Handshake/Ack", "datatype": BOOLEAN, "boolean_value": True}]), 1)
+    wait_for(lambda: value("Handshake/State") == "idle", 30, what="idle after ack")
+    assert value("Handshake/Results Ready") is False
+    client.loop_stop()
+    client.disconnect()
