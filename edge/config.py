@@ -227,6 +227,39 @@ class TriggerConfig(_Section):
     timeout_s: float = Field(5.0, gt=0, le=3600)
 
 
+OpcUaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
+
+
+class OpcUaConfig(_Section):
+    """OPC UA server on the box (edge/publish/opcua_server.py; needs linewatch[opcua]).
+
+    Anonymous sessions are off unless ``allow_anonymous`` (then read-only); users come from
+    ``users_file`` (``name:operator|viewer:password`` lines, keep it mode 0600). Secure policies need
+    ``certificate`` and ``private_key``; ``None`` is for a closed network.
+    """
+
+    enabled: bool = False
+    endpoint: str = "opc.tcp://0.0.0.0:4840/linewatch/"
+    namespace: str = "urn:linewatch:edge"
+    security_policies: list[OpcUaPolicy] = Field(default_factory=lambda: ["Basic256Sha256_SignAndEncrypt"])
+    certificate: Path | None = None
+    private_key: Path | None = None
+    users_file: Path | None = None
+    allow_anonymous: bool = False
+    write_timeout_s: float = Field(0.5, gt=0, le=10)  # the verdict waits this long for the server
+
+    @model_validator(mode="after")
+    def _secure_needs_keys(self) -> OpcUaConfig:
+        if not self.security_policies:
+            raise ValueError("security_policies: at least one")
+        secure = any(p != "None" for p in self.security_policies)
+        if self.enabled and secure and not (self.certificate and self.private_key):
+            raise ValueError("secure security_policies need certificate and private_key")
+        if self.enabled and not self.allow_anonymous and self.users_file is None:
+            raise ValueError("anonymous access is off: give users_file (or allow_anonymous = true)")
+        return self
+
+
 class CameraConfig(_Section):
     """Source behaviour: reopen backoff, stall detection, what a video file does at its end."""
 
@@ -279,6 +312,7 @@ class EdgeConfig(LayeredSettings):
     reload: ReloadConfig = ReloadConfig()
     camera: CameraConfig = CameraConfig()
     trigger: TriggerConfig = TriggerConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
 

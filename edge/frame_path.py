@@ -212,6 +212,7 @@ class PostprocessWorker(_Stage):
         # Payload mode: JSON by default; Sparkplug mode sets its own (edge/publish/sparkplug/wiring.py).
         self.encode: Callable[[Camera, Frame, dict[str, Any], bytes | None], list[tuple[str, bytes, int]]]
         self.encode = self.json_rows
+        self.on_verdict: Callable[[Camera, dict[str, Any]], None] | None = None  # OPC UA, before MQTT
         self.processed = 0
         self.errors = 0
         super().__init__("postprocess")
@@ -262,6 +263,8 @@ class PostprocessWorker(_Stage):
         messages = self.encode(cam, frame, body, heatmap) if cfg.mode == "every_frame" or anomalous else []
         if cam.gate is not None:
             cam.gate.complete(frame, anomalous, len(regions), score)
+        if self.on_verdict is not None:
+            self.on_verdict(cam, body)
         cam.latest = (frame, amap, frame.frame_id)
         cam.summary.add(frame.frame_id, score, anomalous)
         image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None

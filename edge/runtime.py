@@ -98,6 +98,7 @@ class EdgeRuntime:
 
             self.sparkplug = SparkplugEdge(self)
             self.postprocess.encode = self.sparkplug.result_rows
+        self.opcua: Any = None  # OpcUaServer when [opcua] enabled
         self.server: MetricsServer | None = None
         self.stopping = threading.Event()
         self._stopped = False
@@ -132,6 +133,13 @@ class EdgeRuntime:
         for cam in self.cameras:
             if cam.gate is not None:
                 self._handshake_changed(cam, cam.gate.snapshot())  # the retained idle state
+        if self.cfg.opcua.enabled:
+            from linewatch.edge.publish.opcua_server import OpcUaServer  # asyncua: [opcua] extra
+
+            self.opcua = OpcUaServer(self.cfg.opcua, self.cameras)
+            self.opcua.start()
+            self.postprocess.on_verdict = self.opcua.verdict
+            self._opcua_state()
         self.postprocess.start()
         self.inference.start()
         for cam in self.cameras:
@@ -191,6 +199,8 @@ class EdgeRuntime:
         if self._loop_thread.is_alive():
             self._loop_thread.join(5)
         self.models.stop()
+        if self.opcua is not None:
+            self.opcua.stop()
         if self.server is not None:
             self.server.stop()
         left = self.outbox.depth()
@@ -224,8 +234,16 @@ class EdgeRuntime:
             state["error"] = box.last_error
         return state
 
+    def _opcua_state(self) -> None:
+        if self.opcua is None:
+            return
+        error = self.models.last_error
+        for cam in self.cameras:
+            self.opcua.state(cam, self.models.loaded, f"error: {error}" if error else "online")
+
     def _model_changed(self, model: LoadedModel) -> None:
         self.telemetry.set_model(model.name, model.version, model.backend_name)
+        self._opcua_state()
         for cam in self.cameras:
             if cam.link is not None:
                 cam.link.publish_status()
@@ -354,6 +372,7 @@ class EdgeRuntime:
                 if cam.link is not None:
                     cam.link.publish_status()
         t.reload_failures.set(self.models.reload_failures)
+        self._opcua_state()
 
     def _periodic(self) -> None:
         watchdog = sdnotify.watchdog_interval() if self.cfg.watchdog.enabled else None
