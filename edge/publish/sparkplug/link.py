@@ -24,13 +24,14 @@ from collections import deque
 from collections.abc import Callable
 
 import paho.mqtt.client as paho
+from google.protobuf.message import DecodeError
 
 from linewatch.edge.config import MqttConfig
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.publish.mqtt import MqttLink
 from linewatch.edge.publish.outbox import Outbox, Row
 from linewatch.edge.publish.sparkplug.commands import CommandError, wants_rebirth
-from linewatch.edge.publish.sparkplug.node import SparkplugNode
+from linewatch.edge.publish.sparkplug.node import NAMESPACE, SparkplugNode
 
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)
@@ -119,8 +120,15 @@ class SparkplugLink(MqttLink):
             client.publish(topic, self.node.event(device, name, value), qos=self.node.qos)
 
     def _publish_row(self, client: paho.Client, row: Row) -> paho.MQTTMessageInfo:
-        historical = row.created < self._session_wall
-        return client.publish(row.topic, self.node.stamp(row.payload, historical), qos=row.qos)
+        if not row.topic.startswith(f"{NAMESPACE}/"):
+            # written in JSON mode before a switch to Sparkplug: delivered as it was written
+            return client.publish(row.topic, row.payload, qos=row.qos)
+        try:
+            payload = self.node.stamp(row.payload, historical=row.created < self._session_wall)
+        except DecodeError as exc:  # cannot happen to rows this code wrote; never stall the outbox on one
+            limited.error("outbox row is not a Sparkplug payload; sent as stored", "row", error=str(exc))
+            payload = row.payload
+        return client.publish(row.topic, payload, qos=row.qos)
 
     def _farewell(self, client: paho.Client) -> int:
         return client.publish(self.node.topic("NDEATH"), self.node.ndeath(), qos=1, retain=False).mid

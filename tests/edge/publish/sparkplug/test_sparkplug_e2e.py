@@ -236,6 +236,34 @@ def test_rebirth_storm_and_dcmd_commands_bad_ones_change_nothing(
     client.disconnect()
 
 
+def test_rows_left_by_json_mode_are_delivered_then_sparkplug_rows(
+    mqtt_broker: Any, mqtt_recorder: Any, tmp_path: Path
+) -> None:
+    """Switching a box from JSON to Sparkplug keeps its outbox: old rows go out as written, in order."""
+    from linewatch.edge.config import MqttConfig
+    from linewatch.edge.publish.outbox import Outbox
+    from linewatch.edge.publish.sparkplug.link import SparkplugLink
+    from linewatch.edge.publish.sparkplug.node import SparkplugNode
+
+    rec = mqtt_recorder(["#"])
+    box = Outbox(tmp_path / "o.sqlite")
+    box.add("cam0", "linewatch/s/l/st/cam0/result", b'{"frame_id": 0}')
+    node = SparkplugNode(GROUP, NODE, ["cam0"])
+    raw = node.frame_data("cam0", 1.0, {"Inspection/Frame ID": 1, "Inspection/Score": 0.2})
+    box.add("cam0", node.topic("DDATA", "cam0"), raw)
+    conf = MqttConfig(url=mqtt_broker.url, reconnect_min_s=0.05, reconnect_max_s=0.5)
+    link = SparkplugLink(conf, node, box, on_dcmd=lambda d, r: None, refresh=lambda: None)
+    link.start()
+    wait_for(lambda: box.depth() == 0, 60, what="both rows delivered")
+    link.stop(5)
+    link.join(20)
+    topics = [t for t, _, _ in rec.messages]
+    assert topics.index("linewatch/s/l/st/cam0/result") < topics.index(node.topic("DDATA", "cam0"))
+    host = Host().feed(rec.messages)
+    data = [m for m in host if m.kind == "DDATA"]
+    assert data[0].value("Inspection/Frame ID") == 1 and all(x["is_historical"] for x in data[0].metrics)
+
+
 def test_vendored_module_is_the_protoc_output_of_the_schema(tmp_path: Path) -> None:
     """sparkplug_b_pb2.py is generated (make sparkplug-proto): it must match the .proto beside it."""
     import subprocess
