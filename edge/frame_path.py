@@ -264,7 +264,10 @@ class PostprocessWorker(_Stage):
         if cam.gate is not None:
             cam.gate.complete(frame, anomalous, len(regions), score)
         if self.on_verdict is not None:
-            self.on_verdict(cam, body)
+            try:
+                self.on_verdict(cam, body)
+            except Exception as exc:  # an OPC UA fault must never cost the MQTT verdict
+                limited.error("verdict listener failed", cam.name, camera=cam.name, error=str(exc))
         cam.latest = (frame, amap, frame.frame_id)
         cam.summary.add(frame.frame_id, score, anomalous)
         image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None

@@ -125,6 +125,7 @@ class OpcUaServer:
         self.cfg, self.cameras = cfg, cameras
         self.users = read_users(cfg.users_file) if cfg.users_file else {}
         self.write_timeouts = 0
+        self._late = threading.Event()  # a verdict write timed out and has not completed yet
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="opcua", daemon=True)
         self._server: Server | None = None
@@ -138,8 +139,9 @@ class OpcUaServer:
         log.info("OPC UA server running", extra={"endpoint": self.endpoint})
 
     def stop(self) -> None:
-        if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(30)
+        server, self._server = self._server, None  # pushes from now on are dropped, never waited for
+        if server is not None:
+            asyncio.run_coroutine_threadsafe(server.stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -236,12 +238,15 @@ class OpcUaServer:
         if self._server is None or self._loop.is_closed():
             return
         future = asyncio.run_coroutine_threadsafe(self._write(camera, values), self._loop)
-        if wait:
+        if wait and not self._late.is_set():
             try:
                 future.result(self.cfg.write_timeout_s)
             except TimeoutError:
+                # a stuck server must not slow the line: stop waiting until a write completes again
                 self.write_timeouts += 1
-                limited.warning("OPC UA update late", camera, camera=camera)
+                self._late.set()
+                future.add_done_callback(lambda _f: self._late.clear())
+                limited.warning("OPC UA update late; not waiting until it catches up", camera, camera=camera)
 
     async def _write(self, camera: str, values: dict[str, Any]) -> None:
         nodes = self._nodes.get(camera, {})
