@@ -106,6 +106,7 @@ def test_handshake_over_mqtt(
         payloads.validate("handshake", doc)
     for doc in rec.json("/response"):
         payloads.validate("cmd_response", doc)
-    assert len([r for r in rec.json("/result") if r["schema"] == payloads.RESULT]) == 1
+    wait_for(lambda: len(rec.on("/result")) >= 1, 30, what="the triggered frame's result")
+    assert len([r for r in rec.json("/result") if r["schema"] == payloads.RESULT]) == 1  # and only it
     client.loop_stop()
     client.disconnect()
