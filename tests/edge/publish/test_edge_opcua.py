@@ -130,3 +130,57 @@ def test_opcua_verdicts_handshake_security(
     asyncio.run(scenario())
     assert all(opc >= mqtt for mqtt, opc in seen_at_result), seen_at_result
     assert rt.opcua.write_timeouts == 0
+
+
+def test_secure_endpoint_only_when_configured(tmp_path: Path) -> None:
+    """Basic256Sha256 Sign&Encrypt only: an unencrypted client is refused, a secure one with a password
+    reads; the verdict pushed by the pipeline is what it reads."""
+    from types import SimpleNamespace
+
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from linewatch.edge.config import OpcUaConfig
+    from linewatch.edge.publish.opcua_server import OpcUaServer
+
+    async def certs(name: str, use: Any) -> tuple[Path, Path]:
+        key, cert = tmp_path / f"{name}-key.pem", tmp_path / f"{name}-cert.der"
+        await setup_self_signed_certificate(
+            key, cert, f"urn:linewatch:{name}", "localhost", [use], {"commonName": name}
+        )
+        return key, cert
+
+    skey, scert = asyncio.run(certs("server", ExtendedKeyUsageOID.SERVER_AUTH))
+    ckey, ccert = asyncio.run(certs("client", ExtendedKeyUsageOID.CLIENT_AUTH))
+    users = tmp_path / "users"
+    users.write_text("plc:operator:s3cret\n")
+    url = f"opc.tcp://127.0.0.1:{free_port()}/linewatch/"
+    cfg = OpcUaConfig(
+        enabled=True, endpoint=url, security_policies=["Basic256Sha256_SignAndEncrypt"],
+        certificate=scert, private_key=skey, users_file=users,
+    )  # fmt: skip
+    cam = SimpleNamespace(name="cam0", gate=None, results=0, anomalies=0, threshold=0.5)
+    server = OpcUaServer(cfg, [cam])
+    server.start()
+    body = {"anomalous": True, "score": 0.9, "frame_id": 7, "regions": [{}], "threshold": 0.5}
+    server.verdict(cam, body)
+
+    async def scenario() -> None:
+        with pytest.raises(Exception):  # noqa: B017 -- no unencrypted endpoint is offered
+            await connect(url, "plc", "s3cret")
+        client = Client(url, timeout=10)
+        client.application_uri = "urn:linewatch:client"
+        await client.set_security_string(f"Basic256Sha256,SignAndEncrypt,{ccert},{ckey}")
+        client.set_user("plc")
+        client.set_password("s3cret")
+        await client.connect()
+        try:
+            assert await (await var(client, "cam0", "FrameId")).read_value() == 7
+            assert await (await var(client, "cam0", "Verdict")).read_value() == "NG"
+        finally:
+            await client.disconnect()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
