@@ -124,6 +124,7 @@ def test_births_seq_bdseq_aliases_and_nothing_lost_over_two_broker_restarts(
     for cam in CAMS:
         got = frames(host, cam)
         assert sorted(got) == list(range(n)), f"{cam}: verdicts missing"
+        assert list(got) == list(range(n)), f"{cam}: verdicts out of order"  # first copies, in order
         for fid, m in got.items():  # the overlay of an anomaly rides along as a bytes metric
             heatmap = m.value("Inspection/Heatmap")
             assert (heatmap is not None) == (fid % 5 == 4), fid
