@@ -73,7 +73,7 @@ def test_handshake_over_mqtt(
     rec = mqtt_recorder([f"{root}/handshake", f"{root}/cmd/+/response", f"{root}/result"])
     spool = tmp_path / "spool"
     spool.mkdir()
-    cfg = edge_config(tmp_path, mqtt_broker.url, trigger={"cameras": ["cam0"], "timeout_s": 1.0})
+    cfg = edge_config(tmp_path, mqtt_broker.url, trigger={"cameras": ["cam0"], "timeout_s": 3.0})
     rt = runtime_factory(cfg, make_bundle(tmp_path / "toy-v1"), [f"dir:{spool}"])
     gate = rt.cameras[0].gate
     last = lambda: rec.json("/handshake")[-1] if rec.on("/handshake") else {}  # noqa: E731
