@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint format venv mosquitto clean bench
+.PHONY: demo test lint format venv mosquitto clean bench sparkplug-proto
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -40,3 +40,7 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+
+# Sparkplug B: regenerate the protobuf module after editing edge/publish/sparkplug/sparkplug_b.proto.
+sparkplug-proto: venv
+	$(VPY) -m grpc_tools.protoc -Iedge/publish --python_out=edge/publish edge/publish/sparkplug/sparkplug_b.proto

@@ -1,5 +1,9 @@
 """Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot.
 
+Parsing (JSON here, Sparkplug DCMD metrics in ``edge/publish/sparkplug/commands.py``) is kept apart
+from executing (``CommandHandler.execute``), so both payload modes run the same three commands, and
+a request checked against the same JSON Schema, with only the way the answer travels differing.
+
 Every request gets exactly one response: on ``<root>/cmd/<verb>/response``, or on the MQTT 5
 response topic of the request (with its correlation data echoed). A request is parsed and validated
 against its JSON Schema (``edge/schemas/cmd_*.json``) BEFORE anything is touched, so a malformed
@@ -13,10 +17,12 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import jsonschema
 
+from linewatch.edge.handshake import HandshakeError
 from linewatch.edge.inference.postprocess import frame_jpeg, overlay_jpeg
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.publish import payloads
@@ -25,7 +31,13 @@ from linewatch.edge.publish.mqtt import response_properties
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log
 
-VERBS = {"reload": "cmd_reload", "set-threshold": "cmd_set_threshold", "snapshot": "cmd_snapshot"}
+VERBS = {
+    "reload": "cmd_reload",
+    "set-threshold": "cmd_set_threshold",
+    "snapshot": "cmd_snapshot",
+    "trigger": "cmd_trigger",  # the PLC handshake of a triggered camera (edge/handshake.py)
+    "ack": "cmd_ack",
+}
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -74,6 +86,17 @@ def _request_id(raw: bytes) -> str | None:
     return value if isinstance(value, str) and len(value) <= 200 else None
 
 
+class Reply(Protocol):
+    def __call__(self, error: str | None = None, result: dict[str, Any] | None = None) -> None: ...
+
+
+def _snapshot_topic(camera: Any, jpeg: bytes) -> str:
+    """JSON mode: the snapshot JPEG goes to ``<root>/snapshot``."""
+    topic = camera.topic("snapshot")
+    camera.link.send(topic, jpeg, qos=1)
+    return topic
+
+
 class CommandHandler:
     """Executes commands for the runtime. Called on a camera's MQTT thread: must not block."""
 
@@ -85,48 +108,81 @@ class CommandHandler:
         self.counters = counters if counters is not None else {"ok": 0, "error": 0}
 
     def handle(self, camera: Any, verb: str, raw: bytes, properties: Any) -> None:
+        """A JSON request from ``<root>/cmd/<verb>``: parse, execute, answer on the response topic."""
         try:
             request = parse_command(verb, raw)
         except CommandError as exc:
             limited.warning("command refused", camera.name, camera=camera.name, verb=verb, error=str(exc))
             self._respond(camera, verb, _request_id(raw), properties, error=str(exc))
             return
-        request_id = request.get("id")
+        self.execute(
+            camera, verb, request, partial(self._respond, camera, verb, request.get("id"), properties)
+        )
+
+    def execute(
+        self,
+        camera: Any,
+        verb: str,
+        request: dict[str, Any],
+        reply: Reply,
+        snapshot_to: Callable[[bytes], str] | None = None,
+    ) -> None:
+        """Run a validated request; ``reply(error=..., result=...)`` is called exactly once.
+
+        ``snapshot_to(jpeg)`` publishes a snapshot and says where (default: ``<root>/snapshot``).
+        """
         if verb == "set-threshold":
             camera.threshold = float(request["threshold"])
             camera.link.publish_status()
             log.info("threshold changed", extra={"camera": camera.name, "threshold": camera.threshold})
-            self._respond(camera, verb, request_id, properties, result={"threshold": camera.threshold})
+            reply(result={"threshold": camera.threshold})
         elif verb == "snapshot":
-            self._snapshot(camera, request, properties)
+            self._snapshot(camera, request, reply, snapshot_to or partial(_snapshot_topic, camera))
         elif verb == "reload":
             # Verification + golden samples + warm-up take seconds: never on the MQTT thread.
             threading.Thread(
-                target=self._do_reload, args=(camera, request, properties), name="cmd-reload", daemon=True
+                target=self._do_reload, args=(request, reply), name="cmd-reload", daemon=True
             ).start()
+        elif verb in ("trigger", "ack"):
+            self._handshake(camera, verb, request, reply)
+        else:
+            reply(error=f"unknown command {verb!r}")
 
-    def _snapshot(self, camera: Any, request: dict[str, Any], properties: Any) -> None:
+    def _handshake(self, camera: Any, verb: str, request: dict[str, Any], reply: Reply) -> None:
+        gate = getattr(camera, "gate", None)
+        if gate is None:
+            reply(error=f"camera {camera.name!r} is not triggered (add it to [trigger] cameras)")
+            return
+        try:
+            if verb == "trigger":
+                tid = gate.trigger(int(request.get("recipe", 0)), source="mqtt")
+                reply(result={"trigger_id": tid, "recipe": int(request.get("recipe", 0))})
+            else:
+                reply(result=gate.ack(request.get("trigger_id")))
+        except HandshakeError as exc:
+            limited.warning("handshake refused", camera.name, camera=camera.name, error=str(exc))
+            reply(error=str(exc))
+
+    def _snapshot(
+        self, camera: Any, request: dict[str, Any], reply: Reply, publish: Callable[[bytes], str]
+    ) -> None:
         latest = camera.latest
         if latest is None:
-            self._respond(
-                camera, "snapshot", request.get("id"), properties, error="no frame has been scored yet"
-            )
+            reply(error="no frame has been scored yet")
             return
         frame, amap, frame_id = latest
         use_overlay = bool(request.get("overlay", False)) and amap is not None
         jpeg = overlay_jpeg(frame.image, amap) if use_overlay else frame_jpeg(frame.image)
-        topic = camera.topic("snapshot")
-        camera.link.send(topic, jpeg, qos=1)
-        result = {"frame_id": frame_id, "topic": topic, "bytes": len(jpeg), "overlay": use_overlay}
-        self._respond(camera, "snapshot", request.get("id"), properties, result=result)
+        topic = publish(jpeg)
+        reply(result={"frame_id": frame_id, "topic": topic, "bytes": len(jpeg), "overlay": use_overlay})
 
-    def _do_reload(self, camera: Any, request: dict[str, Any], properties: Any) -> None:
+    def _do_reload(self, request: dict[str, Any], reply: Reply) -> None:
         try:
             result = self._reload(request.get("bundle"))
         except Exception as exc:
-            self._respond(camera, "reload", request.get("id"), properties, error=str(exc))
+            reply(error=str(exc))
             return
-        self._respond(camera, "reload", request.get("id"), properties, result=result)
+        reply(result=result)
 
     def _respond(
         self,

@@ -61,6 +61,7 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     inflight_window: int = Field(200, ge=1, le=65000)  # unacknowledged QoS1 messages handed to the socket
+    payload: Literal["json", "sparkplug"] = "json"  # sparkplug: Sparkplug B 3.0, see [sparkplug]
 
     @field_validator("url")
     @classmethod
@@ -92,6 +93,25 @@ class MqttConfig(_Section):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
         return None
+
+
+_SPARKPLUG_ID = r"^[^/+#\s]{1,64}$"
+
+
+class SparkplugConfig(_Section):
+    """Sparkplug B mode (``mqtt.payload = "sparkplug"``): ``spBv1.0/<group_id>/.../<edge_node_id>/<camera>``.
+
+    ``qos`` 1 (default) lets the broker's PUBACK delete a verdict from the outbox, which is the no-loss
+    guarantee; Sparkplug 3.0 asks QoS 0 for births and data, which ``qos = 0`` gives, at the price of
+    verdicts lost in an outage. ``rebirth_min_interval_s`` bounds how often births go out on
+    ``Node Control/Rebirth`` (a storm of requests is merged).
+    """
+
+    group_id: str = Field("linewatch", pattern=_SPARKPLUG_ID)
+    edge_node_id: str | None = Field(None, pattern=_SPARKPLUG_ID)  # default: the host name
+    qos: Literal[0, 1] = 1
+    heatmap: bool = False  # the overlay JPEG of anomalous frames as the Inspection/Heatmap bytes metric
+    rebirth_min_interval_s: float = Field(1.0, ge=0, le=3600)
 
 
 class TopicConfig(_Section):
@@ -199,6 +219,47 @@ class ReloadConfig(_Section):
     require_signature: bool = False
 
 
+class TriggerConfig(_Section):
+    """PLC trigger handshake (edge/handshake.py): which cameras score only on a trigger, and how long a
+    trigger waits for its frame and verdict before it counts as missed."""
+
+    cameras: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(5.0, gt=0, le=3600)
+
+
+OpcUaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
+
+
+class OpcUaConfig(_Section):
+    """OPC UA server on the box (edge/publish/opcua_server.py; needs linewatch[opcua]).
+
+    Anonymous sessions are off unless ``allow_anonymous`` (then read-only); users come from
+    ``users_file`` (``name:operator|viewer:password`` lines, keep it mode 0600). Secure policies need
+    ``certificate`` and ``private_key``; ``None`` is for a closed network.
+    """
+
+    enabled: bool = False
+    endpoint: str = "opc.tcp://0.0.0.0:4840/linewatch/"
+    namespace: str = "urn:linewatch:edge"
+    security_policies: list[OpcUaPolicy] = Field(default_factory=lambda: ["Basic256Sha256_SignAndEncrypt"])
+    certificate: Path | None = None
+    private_key: Path | None = None
+    users_file: Path | None = None
+    allow_anonymous: bool = False
+    write_timeout_s: float = Field(0.5, gt=0, le=10)  # the verdict waits this long for the server
+
+    @model_validator(mode="after")
+    def _secure_needs_keys(self) -> OpcUaConfig:
+        if not self.security_policies:
+            raise ValueError("security_policies: at least one")
+        secure = any(p != "None" for p in self.security_policies)
+        if self.enabled and secure and not (self.certificate and self.private_key):
+            raise ValueError("secure security_policies need certificate and private_key")
+        if self.enabled and not self.allow_anonymous and self.users_file is None:
+            raise ValueError("anonymous access is off: give users_file (or allow_anonymous = true)")
+        return self
+
+
 class CameraConfig(_Section):
     """Source behaviour: reopen backoff, stall detection, what a video file does at its end."""
 
@@ -241,6 +302,7 @@ class EdgeConfig(LayeredSettings):
 
     mqtt: MqttConfig = MqttConfig()
     topic: TopicConfig = TopicConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
     publish: PublishConfig = PublishConfig()
     queues: QueueConfig = QueueConfig()
     backend: BackendConfig = BackendConfig()
@@ -249,6 +311,8 @@ class EdgeConfig(LayeredSettings):
     metrics: MetricsConfig = MetricsConfig()
     reload: ReloadConfig = ReloadConfig()
     camera: CameraConfig = CameraConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
 
