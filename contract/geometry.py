@@ -205,6 +205,7 @@ class Geometry:
     margin: int = 0
     context: bool = False  # tile: also score the whole frame resized, and average the two maps
     reason: str | None = field(default=None, compare=False)  # why ``auto`` chose this geometry
+    tasks: tuple[str, ...] = field(default=(), compare=False)  # ``by_size``: the tasks it was chosen for
     # ``auto``, per task: ((reference frame size, geometry for frames near it), ...)
     by_size: tuple[tuple[tuple[int, int], Geometry], ...] = ()
     _plans: dict[tuple[int, int], FramePlan] = field(default_factory=dict, repr=False, compare=False)
@@ -248,6 +249,7 @@ class Geometry:
             margin=int(doc.get("margin", 0)),
             context=bool(doc.get("context", False)),
             reason=doc.get("reason"),
+            tasks=tuple(str(t) for t in doc.get("tasks") or ()),
             by_size=by_size,  # type: ignore[arg-type]
         )
 
@@ -261,6 +263,7 @@ class Geometry:
             "margin": int(self.margin),
             **({"context": True} if self.context else {}),
             **({"reason": self.reason} if self.reason else {}),
+            **({"tasks": list(self.tasks)} if self.tasks else {}),
             **(
                 {"by_size": [{"match": list(hw), **g.as_dict()} for hw, g in self.by_size]}
                 if self.by_size

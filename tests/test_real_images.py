@@ -103,8 +103,11 @@ def bundle(run: tuple[Path, dict, str], tmp_path_factory: pytest.TempPathFactory
 def test_auto_chooses_each_cameras_geometry_on_training_images_and_says_why(
     run: tuple[Path, dict, str], bundle: Path
 ) -> None:
+    from linewatch.contract.geometry import Geometry
+
     run_dir, metrics, printed = run
     saved = json.loads((run_dir / "state" / "run.json").read_text())["config"]["geometry"]
+    print(f"\nauto on the CI subset: {[(e['tasks'], e['reason']) for e in saved['by_size']]}")
     assert saved["auto"] is True and saved["learn_frame_size"] is False
     assert "squeezed" in saved["reason"] and f"geometry: {saved['reason']}" in printed
     entries = {tuple(e["tasks"]): e for e in saved["by_size"]}
@@ -115,7 +118,10 @@ def test_auto_chooses_each_cameras_geometry_on_training_images_and_says_why(
         assert entry["reason"].endswith(f": {entry['mode']}") and f"geometry for {task}: " in printed
     assert metrics["geometry"]["by_size"] == saved["by_size"]
     manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["geometry"]["by_size"] == saved["by_size"]  # the box cuts each camera the same way
+    shipped = {tuple(e["tasks"]): (e["mode"], e["reason"]) for e in manifest["geometry"]["by_size"]}
+    assert shipped == {k: (e["mode"], e["reason"]) for k, e in entries.items()}
+    # the box cuts each camera exactly as the trainer evaluated it
+    assert Geometry.from_dict(manifest["geometry"]) == Geometry.from_dict(metrics["geometry"])
     assert manifest["geometry"]["frame_size"] is None  # every frame cut at its own size
 
 

@@ -24,6 +24,8 @@ def test_round_trip_and_framed() -> None:
     g = Geometry.from_dict(DOC)
     assert Geometry.from_dict(g.as_dict()) == g
     assert [hw for hw, _ in g.by_size] == [WIDE, TALL]
+    first = g.as_dict()["by_size"][0]  # the manifest keeps which tasks chose it, and why
+    assert first["tasks"] == ["ball_screw"] and first["reason"] == "r1" and first["match"] == list(WIDE)
     assert g.framed  # a tiled entry: frames are cut through plans
     only_resize = Geometry.from_dict({"mode": "resize", "tile": [64, 64], "by_size": DOC["by_size"][:1]})
     assert not only_resize.framed  # all resize: model-size inputs, the unframed fast path
