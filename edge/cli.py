@@ -116,7 +116,12 @@ def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
     path = store_target(args.bundle) if is_store(args.bundle) else args.bundle
     key = args.key or cfg.reload.key
     try:
-        bundle = open_bundle(path, key=key, require_signature=key is not None or cfg.reload.require_signature)
+        bundle = open_bundle(
+            path,
+            key=key,
+            require_signature=key is not None or cfg.reload.require_signature,
+            box_keys=cfg.reload.box_keys if key is not None else (),
+        )
     except BundleError as exc:
         print(f"linewatch-edge verify: REFUSED: {exc}", file=sys.stderr)
         return EXIT_BUNDLE

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ class Bundle:
     golden: GoldenSet
     signature_verified: bool = False
     key_id: str | None = None
+    signer: str | None = None  # "release" or "box" (see open_bundle's trust model); None if unsigned
     base: Bundle | None = None
     source: Path | None = None  # the directory or .tar that was opened
     _engine_root: Path | None = field(default=None, repr=False)
@@ -212,23 +213,33 @@ class Bundle:
 
 
 def _check_signature(
-    manifest_bytes: bytes, root: Path, key: Path | None, require: bool, path: Path
-) -> tuple[bool, str | None]:
+    manifest_bytes: bytes, root: Path, key: Path | None, require: bool, path: Path, box_keys: Sequence[Path] = ()
+) -> tuple[bool, str | None, str | None]:
+    """(verified, key id, signer role): the role is "release" for `key`, "box" for an allowed box key."""
     sig_path = root / SIGNATURE_NAME
     if key is None:
+        if box_keys:
+            raise BundleError("signature", "box keys are allowed only beside a release key (reload.key)", path)
         if require:
             raise BundleError("signature", "a signature is required but no key was given to verify it", path)
-        return False, None
+        return False, None, None
     if not sig_path.is_file():
         raise BundleError(
             "signature", f"bundle is unsigned ({SIGNATURE_NAME} missing) and a key was given", path
         )
     try:
         doc = signing.parse_signature(sig_path.read_bytes())
-        signing.verify_bytes(manifest_bytes, doc, key)
+        release = signing.load_key(key)
+        role, signer_key = "release", release
+        if doc["key_id"] != release.key_id:
+            boxes = {k.key_id: k for k in (signing.load_key(b) for b in box_keys)}
+            if doc["key_id"] in boxes:
+                role, signer_key = "box", boxes[doc["key_id"]]
+        signing.verify_bytes(manifest_bytes, doc, signer_key)
     except signing.SignatureError as e:
-        raise BundleError("signature", str(e), path) from e
-    return True, doc["key_id"]
+        hint = " (neither the release key nor an allowed box key)" if box_keys else ""
+        raise BundleError("signature", f"{e}{hint}", path) from e
+    return True, doc["key_id"], role
 
 
 def _load_data_inputs(manifest: dict[str, Any], root: Path, path: Path) -> dict[str, np.ndarray]:
@@ -312,6 +323,7 @@ def _resolve_base(
     base: Bundle | str | os.PathLike[str] | None,
     key: Path | None,
     require_signature: bool,
+    box_signed: bool = False,
 ) -> Bundle:
     info = manifest.get("bank_only")
     if not isinstance(info, dict) or "graph_sha256" not in info or "base_version" not in info:
@@ -326,9 +338,12 @@ def _resolve_base(
                 source,
             )
         base = found
+    # Never with box keys: the base of a refresh is always signed by the release key.
     base_bundle = (
         base if isinstance(base, Bundle) else open_bundle(base, key=key, require_signature=require_signature)
     )
+    if box_signed and base_bundle.signer != "release":
+        raise BundleError("signature", "a box-signed bundle must sit on a base signed by the release key", source)
     if base_bundle.is_bank_only:
         raise BundleError("bank_only", "the base of a refresh must be a full bundle", source)
     if base_bundle.graph_sha256 != info["graph_sha256"]:
@@ -365,12 +380,19 @@ def open_bundle(
     key: str | os.PathLike[str] | None = None,
     require_signature: bool = False,
     base: Bundle | str | os.PathLike[str] | None = None,
+    box_keys: Sequence[str | os.PathLike[str]] = (),
 ) -> Bundle:
     """Open and verify a bundle directory or `.tar`; raise BundleError on the first failed check.
 
     `key` is a public Ed25519 key (or the shared HMAC secret). With a key, an unsigned or
     mismatching bundle is refused; with `require_signature=True` a key is mandatory.
     `base` is only used for bank-only refresh bundles (see the module docstring).
+
+    Trust model: `key` is the release key. `box_keys` are keys of boxes allowed to sign what they
+    onboard themselves (`linewatch-edge onboard`); each must be listed explicitly, only beside a
+    release key. A bundle signed by a box key is accepted only if it is bank-only and its base
+    (the graphs, hence what runs) verifies under the release key alone: a box can change which
+    good patches a task is compared with, never the code or weights that run.
     """
     source = Path(path)
     key_path = Path(key) if key is not None else None
@@ -399,13 +421,20 @@ def open_bundle(
     check_keys(manifest, source)
     check_files(manifest, root, source)
     check_unlisted(manifest, root, source)
-    verified, key_id = _check_signature(manifest_bytes, root, key_path, require_signature, source)
+    box_paths = [Path(b) for b in box_keys]
+    verified, key_id, signer = _check_signature(
+        manifest_bytes, root, key_path, require_signature, source, box_paths
+    )
+    if signer == "box" and not manifest.get("bank_only"):
+        raise BundleError("signature", f"box key {key_id} may sign bank-only bundles only", source)
     data_inputs = _load_data_inputs(manifest, root, source)
     golden = _load_golden(manifest, root, source)
 
     base_bundle: Bundle | None = None
     if manifest.get("bank_only"):
-        base_bundle = _resolve_base(manifest, root, source, base, key_path, require_signature)
+        base_bundle = _resolve_base(
+            manifest, root, source, base, key_path, require_signature, box_signed=signer == "box"
+        )
         onnx_path = base_bundle.onnx_path
     else:
         onnx_path = root / MODEL_NAME
@@ -419,6 +448,7 @@ def open_bundle(
         golden=golden,
         signature_verified=verified,
         key_id=key_id,
+        signer=signer,
         base=base_bundle,
         source=source,
     )
