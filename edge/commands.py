@@ -1,4 +1,4 @@
-"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot.
+"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot, onboard.
 
 Every request gets exactly one response: on ``<root>/cmd/<verb>/response``, or on the MQTT 5
 response topic of the request (with its correlation data echoed). A request is parsed and validated
@@ -25,8 +25,14 @@ from linewatch.edge.publish.mqtt import response_properties
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log
 
-VERBS = {"reload": "cmd_reload", "set-threshold": "cmd_set_threshold", "snapshot": "cmd_snapshot"}
+VERBS = {
+    "reload": "cmd_reload",
+    "set-threshold": "cmd_set_threshold",
+    "snapshot": "cmd_snapshot",
+    "onboard": "cmd_onboard",
+}
 MAX_PAYLOAD = 64 * 1024
+MAX_PAYLOADS = {"onboard": 24 * 1024 * 1024}  # up to 8 base64 JPEGs
 
 
 class CommandError(ValueError):
@@ -41,8 +47,9 @@ def parse_command(verb: str, raw: bytes) -> dict[str, Any]:
     """Decode and validate one request; raise CommandError with a message fit for the reply."""
     if verb not in VERBS:
         raise CommandError(f"unknown command {verb!r}; known: {sorted(VERBS)}")
-    if len(raw) > MAX_PAYLOAD:
-        raise CommandError(f"payload too large ({len(raw)} bytes, max {MAX_PAYLOAD})")
+    limit = MAX_PAYLOADS.get(verb, MAX_PAYLOAD)
+    if len(raw) > limit:
+        raise CommandError(f"payload too large ({len(raw)} bytes, max {limit})")
     if not raw.strip():
         request: Any = {}
     else:
@@ -78,10 +85,16 @@ class CommandHandler:
     """Executes commands for the runtime. Called on a camera's MQTT thread: must not block."""
 
     def __init__(
-        self, reload: Callable[[str | None], dict[str, Any]], counters: dict[str, int] | None = None
+        self,
+        reload: Callable[[str | None], dict[str, Any]],
+        counters: dict[str, int] | None = None,
+        onboard: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        """``reload(path)`` swaps the model and returns the response's result (raises on failure)."""
+        """``reload(path)`` swaps the model and returns the response's result (raises on failure);
+        ``onboard(request)`` learns or removes a part and swaps the new version in (same contract)."""
         self._reload = reload
+        self._onboard = onboard
+        self._onboarding = threading.Lock()  # one onboarding at a time, whichever camera asked
         self.counters = counters if counters is not None else {"ok": 0, "error": 0}
 
     def handle(self, camera: Any, verb: str, raw: bytes, properties: Any) -> None:
@@ -99,6 +112,18 @@ class CommandHandler:
             self._respond(camera, verb, request_id, properties, result={"threshold": camera.threshold})
         elif verb == "snapshot":
             self._snapshot(camera, request, properties)
+        elif verb == "onboard":
+            if self._onboard is None:
+                self._respond(camera, verb, request_id, properties, error="onboarding is not available here")
+            elif not self._onboarding.acquire(blocking=False):
+                self._respond(camera, verb, request_id, properties, error="an onboarding is already running")
+            else:
+                threading.Thread(
+                    target=self._do_onboard,
+                    args=(camera, request, properties),
+                    name="cmd-onboard",
+                    daemon=True,
+                ).start()
         elif verb == "reload":
             # Verification + golden samples + warm-up take seconds: never on the MQTT thread.
             threading.Thread(
@@ -127,6 +152,18 @@ class CommandHandler:
             self._respond(camera, "reload", request.get("id"), properties, error=str(exc))
             return
         self._respond(camera, "reload", request.get("id"), properties, result=result)
+
+    def _do_onboard(self, camera: Any, request: dict[str, Any], properties: Any) -> None:
+        try:
+            assert self._onboard is not None
+            result = self._onboard(request)
+        except Exception as exc:
+            log.warning("onboarding refused", extra={"task": request.get("task"), "error": str(exc)})
+            self._respond(camera, "onboard", request.get("id"), properties, error=str(exc))
+            return
+        finally:
+            self._onboarding.release()
+        self._respond(camera, "onboard", request.get("id"), properties, result=result)
 
     def _respond(
         self,

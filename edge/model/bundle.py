@@ -213,13 +213,20 @@ class Bundle:
 
 
 def _check_signature(
-    manifest_bytes: bytes, root: Path, key: Path | None, require: bool, path: Path, box_keys: Sequence[Path] = ()
+    manifest_bytes: bytes,
+    root: Path,
+    key: Path | None,
+    require: bool,
+    path: Path,
+    box_keys: Sequence[Path] = (),
 ) -> tuple[bool, str | None, str | None]:
     """(verified, key id, signer role): the role is "release" for `key`, "box" for an allowed box key."""
     sig_path = root / SIGNATURE_NAME
     if key is None:
         if box_keys:
-            raise BundleError("signature", "box keys are allowed only beside a release key (reload.key)", path)
+            raise BundleError(
+                "signature", "box keys are allowed only beside a release key (reload.key)", path
+            )
         if require:
             raise BundleError("signature", "a signature is required but no key was given to verify it", path)
         return False, None, None
@@ -343,7 +350,9 @@ def _resolve_base(
         base if isinstance(base, Bundle) else open_bundle(base, key=key, require_signature=require_signature)
     )
     if box_signed and base_bundle.signer != "release":
-        raise BundleError("signature", "a box-signed bundle must sit on a base signed by the release key", source)
+        raise BundleError(
+            "signature", "a box-signed bundle must sit on a base signed by the release key", source
+        )
     if base_bundle.is_bank_only:
         raise BundleError("bank_only", "the base of a refresh must be a full bundle", source)
     if base_bundle.graph_sha256 != info["graph_sha256"]:
