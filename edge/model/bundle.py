@@ -349,7 +349,8 @@ def _resolve_base(
     base_bundle = (
         base if isinstance(base, Bundle) else open_bundle(base, key=key, require_signature=require_signature)
     )
-    if box_signed and base_bundle.signer != "release":
+    release_id = signing.load_key(key).key_id if box_signed and key is not None else None
+    if box_signed and (base_bundle.signer != "release" or base_bundle.key_id != release_id):
         raise BundleError(
             "signature", "a box-signed bundle must sit on a base signed by the release key", source
         )
