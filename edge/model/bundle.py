@@ -9,7 +9,8 @@ model. Checks run in this order, cheapest and most basic first:
 3. `keys`: the required manifest keys are present.
 4. `files`: every listed file exists inside the bundle and its sha256 matches.
 5. `unlisted`: no `.npy`, `.onnx` or `.plan` file is present that the manifest does not list.
-6. `signature`: when a key is given (or a signature is required): present, same key id, valid.
+6. `signature`: when a key is given (or a signature is required): present, valid under the
+   release key, or under an allowed box key for a bank-only bundle on a release-signed base.
 7. `data_inputs`: every data array loads without pickles and has the manifest's shape and dtype.
 8. `golden`: the golden arrays load and agree with the input contract.
 9. `bank_only`: a bank-only refresh names a base bundle whose graph it was proven against.
@@ -20,16 +21,13 @@ graph_sha256}`. They reuse the base bundle's `model.onnx` and its TensorRT engin
 no engine rebuild is needed. `open_bundle` resolves the base (given explicitly, or found
 beside the refresh bundle by name, version and graph hash), verifies it with the same
 key policy, and returns a `Bundle` whose `onnx_path` and `engines` are the base's and
-whose data inputs and golden samples are the refresh's. Golden samples of a refresh
-were computed by the torch model of the new run and checked against the base graph at
-export time, and the edge checks them again on its backend before going live.
+whose data inputs and golden samples are the refresh's (computed by torch at export, or by
+onnxruntime on a box that onboarded a part), checked again on the backend before going live.
 
 The manifest's schema, file names and checks 2-5 are the export/edge contract and live in
 `contract/manifest.py` (tar handling in `contract/bundle_tar.py`); this module adds the signature,
 the arrays, the base of a refresh and `check_golden`, which needs a backend.
-
-No pickles anywhere: every array is read with `np.load(..., allow_pickle=False)`.
-This module never imports torch or onnx.
+No pickles (`np.load(..., allow_pickle=False)`); never torch or onnx.
 """
 
 from __future__ import annotations
@@ -236,16 +234,9 @@ def _check_signature(
         )
     try:
         doc = signing.parse_signature(sig_path.read_bytes())
-        release = signing.load_key(key)
-        role, signer_key = "release", release
-        if doc["key_id"] != release.key_id:
-            boxes = {k.key_id: k for k in (signing.load_key(b) for b in box_keys)}
-            if doc["key_id"] in boxes:
-                role, signer_key = "box", boxes[doc["key_id"]]
-        signing.verify_bytes(manifest_bytes, doc, signer_key)
+        role = signing.verify_with_policy(manifest_bytes, doc, key, box_keys)
     except signing.SignatureError as e:
-        hint = " (neither the release key nor an allowed box key)" if box_keys else ""
-        raise BundleError("signature", f"{e}{hint}", path) from e
+        raise BundleError("signature", str(e), path) from e
     return True, doc["key_id"], role
 
 
