@@ -24,9 +24,8 @@ key policy, and returns a `Bundle` whose `onnx_path` and `engines` are the base'
 whose data inputs and golden samples are the refresh's (computed by torch at export, or by
 onnxruntime on a box that onboarded a part), checked again on the backend before going live.
 
-The manifest's schema, file names and checks 2-5 are the export/edge contract and live in
-`contract/manifest.py` (tar handling in `contract/bundle_tar.py`); this module adds the signature,
-the arrays, the base of a refresh and `check_golden`, which needs a backend.
+Checks 2-5 are the export/edge contract in `contract/manifest.py` (tars: `contract/bundle_tar.py`);
+this module adds the signature, the arrays, the base of a refresh and `check_golden` (a backend).
 No pickles (`np.load(..., allow_pickle=False)`); never torch or onnx.
 """
 
@@ -222,9 +221,7 @@ def _check_signature(
     sig_path = root / SIGNATURE_NAME
     if key is None:
         if box_keys:
-            raise BundleError(
-                "signature", "box keys are allowed only beside a release key (reload.key)", path
-            )
+            raise BundleError("signature", "box keys are allowed only beside a release key", path)
         if require:
             raise BundleError("signature", "a signature is required but no key was given to verify it", path)
         return False, None, None
