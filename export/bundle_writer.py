@@ -446,11 +446,11 @@ def _method_manifest(
 ) -> dict[str, Any]:
     """Manifest sections a method adds (`graph.meta["manifest"]`), and its embedding graph.
 
-    A few-shot graph carries `meta["embedding"]` (frames -> patch features): a full bundle gets it
+    A few-shot graph carries `graph.embedding` (frames -> patch features): a full bundle gets it
     as `embed.onnx`; a bank-only refresh uses its base's, which the base's hash already covers.
     """
     extra = dict(graph.meta.get("manifest") or {})
-    embedding = graph.meta.get("embedding")
+    embedding = graph.embedding
     if embedding is not None and base_bundle is None:
         from linewatch.contract.fewshot import EMBED_NAME
         from linewatch.export.embedding import export_embedding

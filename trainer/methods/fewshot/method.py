@@ -5,7 +5,7 @@ Why a method of its own: the bank is filled from an augmented support set (each 
 into one of `slots` fixed slots of `bank_per_task` patches. The graph's data inputs never change
 shape, so a part onboarded on the box (`linewatch-edge onboard`) is a bank-only bundle on this
 graph. The scoring graph is PatchCore's (`patchcore/model.py`); the exported bundle also carries
-the embedding graph (`graph.meta["embedding"]`: frames -> patch features) and the manifest's
+the embedding graph (`graph.embedding`: frames -> patch features) and the manifest's
 `fewshot` section. The extractor is the registry backbone, or a SimSiam fine-tuned one given as
 `--backbone-weights` (`linewatch-train train-extractor`, whose record is read from the file's
 sidecar JSON into the section's `extractor`).
@@ -156,7 +156,7 @@ class FewShot(TorchMethodMixin[FewShotConfig]):
     def scoring_graph(self) -> ScoringGraph:
         bank, knn = self.banks()
         graph = self._graph(self.model, {"bank": bank, "bank_knn": knn})
-        graph.meta["embedding"] = Embedding(self.model).eval()
+        graph.embedding = Embedding(self.model).eval()
         graph.meta["manifest"] = {
             "fewshot": self.section().model_dump(mode="json"),
             "slot_tasks": [*self.tasks, *([EMPTY_TASK] * (self.cfg.slots - len(self.tasks)))],
