@@ -1,8 +1,8 @@
-"""``linewatch-edge``: ``run`` the runtime, or ``verify`` a bundle the way the box would load it.
+"""``linewatch-edge``: ``run`` the runtime, ``verify`` a bundle the way the box would load it, ``onboard`` a part.
 
 Exit codes (scripts and systemd rely on them): 0 ok, 1 unexpected error, 2 bad usage or config,
 3 bundle refused (manifest, hashes, signature...), 4 no inference backend available,
-5 golden samples do not match on the chosen backend.
+5 golden samples do not match on the chosen backend. `onboard` refusals (bad images, keys) exit 2.
 """
 
 from __future__ import annotations

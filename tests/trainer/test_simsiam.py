@@ -22,7 +22,9 @@ def test_train_extractor_cli_and_fewshot_record(tmp_path: Path) -> None:
     assert main([*argv, "--steps", "3", "--batch", "4", "--image-size", "64"]) == 0
     record = json.loads(Path(f"{out}.json").read_text())
     assert record["method"] == "simsiam" and record["config"]["steps"] == 3
-    assert record["trained_on"] == {t: {"data": f"mvtec:{data}", "train_good": 5} for t in ("brick", "camera")}
+    assert record["trained_on"] == {
+        t: {"data": f"mvtec:{data}", "train_good": 5} for t in ("brick", "camera")
+    }
     assert all(-1.0 <= record[k] <= 1.0 for k in ("loss_first10", "loss_last10"))  # a negative cosine
     tuned = create_feature_extractor(weights=out).net.state_dict()
     imagenet = create_feature_extractor().net.state_dict()
@@ -30,4 +32,6 @@ def test_train_extractor_cli_and_fewshot_record(tmp_path: Path) -> None:
     assert any(not torch.equal(tuned[k], imagenet[k]) for k in tuned if tuned[k].is_floating_point())
     method = build_method("fewshot", image_size=(64, 64), backbone_weights=out, progress=False)
     assert method.section().extractor["trained_on"] == record["trained_on"]
-    assert build_method("fewshot", image_size=(64, 64), progress=False).section().extractor == {"kind": "imagenet"}
+    assert build_method("fewshot", image_size=(64, 64), progress=False).section().extractor == {
+        "kind": "imagenet"
+    }
