@@ -16,12 +16,14 @@ Slots: a task name already present replaces its slot; a new one takes the first 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,8 +190,32 @@ def _publish(
     return out, version
 
 
+@contextlib.contextmanager
+def _locked(store: Path) -> Iterator[None]:
+    """One onboarding per store at a time (the CLI and a running edge's cmd/onboard may race)."""
+    if not Path(store).is_dir():
+        raise OnboardError(f"{store} is not a bundle store (no such folder)")
+    with open(Path(store) / ".onboard.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def onboard(store: Path, task: str, images: list[np.ndarray], policy: Policy, seed: int = 0) -> Onboarded:
     """Build `task`'s slot from support images and publish a new version (see the module docstring)."""
+    with _locked(store):
+        return _onboard(Path(store), task, images, policy, seed)
+
+
+def remove(store: Path, task: str, policy: Policy) -> Onboarded:
+    """Empty `task`'s slot and publish a new version."""
+    with _locked(store):
+        return _remove(Path(store), task, policy)
+
+
+def _onboard(store: Path, task: str, images: list[np.ndarray], policy: Policy, seed: int) -> Onboarded:
     t0 = time.perf_counter()
     task = task.strip()
     if not task:
@@ -246,8 +272,7 @@ def onboard(store: Path, task: str, images: list[np.ndarray], policy: Policy, se
     )
 
 
-def remove(store: Path, task: str, policy: Policy) -> Onboarded:
-    """Empty `task`'s slot and publish a new version."""
+def _remove(store: Path, task: str, policy: Policy) -> Onboarded:
     t0 = time.perf_counter()
     sign = policy.signer()
     bundle, base, _section = _current(Path(store), policy)
