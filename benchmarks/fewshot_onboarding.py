@@ -73,14 +73,28 @@ def _train_good(devset: Path, root: str, task: str) -> list[Path]:
     return [s.path for s in load_task(f"mvtec:{devset / root}", task).train]
 
 
-def part_extractor(work: Path, steps: int, batch: int) -> dict[str, Any]:
-    from linewatch.trainer.data.generate import generate_dataset
-    from linewatch.trainer.simsiam import SimSiamConfig, train_extractor
+def part_extractor(work: Path, steps: int, batch: int, source: str, devset: Path) -> dict[str, Any]:
+    """`generated`: textures the dev set never shows (the onboarding case: the part is new to the
+    extractor). `devset`: the dev tasks' own train/good images aggregated (no test image), an upper
+    bound for parts of the kind the extractor was trained on."""
+    import numpy as np
 
+    from linewatch.trainer.data import read_images
+    from linewatch.trainer.data.generate import generate_dataset
+    from linewatch.trainer.simsiam import SimSiamConfig, train_extractor, train_simsiam
+
+    cfg = SimSiamConfig(image_size=HW, steps=steps, batch=batch)
+    if source == "devset":
+        frames, trained_on = [], {}
+        for root, task in SEQUENCE:
+            paths = _train_good(devset, root, task)
+            frames.append(read_images(paths, HW))
+            trained_on[task] = {"data": f"mvtec:{devset / root}", "train_good": len(paths)}
+        record = train_simsiam(np.concatenate(frames), cfg, work / "simsiam-devset.pt", trained_on)
+        return {"record": record}
     data = work / "generated"
     if not data.exists():
         generate_dataset(data, GENERATED, n_train=24, n_test_good=1, n_test_defect=1, size=HW[0], seed=0)
-    cfg = SimSiamConfig(image_size=HW, steps=steps, batch=batch)
     record = train_extractor(f"mvtec:{data}", GENERATED, work / "simsiam.pt", cfg)
     return {"record": record}
 
@@ -109,7 +123,7 @@ def _base_store(work: Path, extractor: str) -> tuple[Path, Any]:
     from linewatch.export.run_source import synthetic_golden
     from linewatch.trainer.methods.registry import build_method
 
-    weights = work / "simsiam.pt" if extractor == "simsiam" else None
+    weights = work / f"{extractor}.pt" if extractor != "imagenet" else None
     if weights is not None and not weights.is_file():
         raise SystemExit(f"{weights} missing: run --part extractor first")
     method = build_method(
@@ -236,7 +250,8 @@ def part_full(devset: Path, per_class: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", required=True, choices=["extractor", "eval", "full"])
-    ap.add_argument("--extractor", choices=["imagenet", "simsiam"], default="imagenet")
+    ap.add_argument("--extractor", choices=["imagenet", "simsiam", "simsiam-devset"], default="imagenet")
+    ap.add_argument("--extractor-data", choices=["generated", "devset"], default="generated")
     ap.add_argument("--devset", type=Path, default=DEVSET)
     ap.add_argument("--work", type=Path, default=Path("/tmp/lw-fewshot-bench"))
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewshot_onboarding.json")
@@ -246,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150, help="SimSiam steps (--part extractor)")
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args(argv)
-    if args.part != "extractor" and not args.devset.is_dir():
+    if (args.part != "extractor" or args.extractor_data == "devset") and not args.devset.is_dir():
         print(f"SKIPPED: dev set not found at {args.devset} (see its README); nothing measured")
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.part == "extractor":
-        key, result = "extractor", part_extractor(args.work, args.steps, args.batch)
+        key = "extractor" if args.extractor_data == "generated" else "extractor_devset"
+        result = part_extractor(args.work, args.steps, args.batch, args.extractor_data, args.devset)
     elif args.part == "eval":
         ks = [int(k) for k in args.ks.split(",")]
         key = f"eval_{args.extractor}"
