@@ -3,8 +3,10 @@
 What runs (each part its own invocation, each well under 15 minutes on this 2-core box):
 
 - ``--part extractor``: SimSiam fine-tuning of Lite0 (``trainer/simsiam.py``) on the GENERATED
-  textures of ``trainer.data.generate`` (7 categories), so the extractor never sees the dev set.
-- ``--part eval --extractor imagenet|simsiam``: a base few-shot bundle (3 slots x 1000 patches,
+  textures of ``trainer.data.generate`` (7 categories), so the extractor never sees the dev set;
+  ``--extractor-data devset`` trains ``simsiam-devset`` on the dev tasks' own train/good images
+  instead (no test image; an upper bound, since an onboarded part is normally new to the extractor).
+- ``--part eval --extractor imagenet|simsiam|simsiam-devset``: a base few-shot bundle (3 slots x 1000 patches,
   256-px resize, signed by a release key) is exported once; then for every seed and K, the three dev
   tasks are onboarded one after the other into a copy of its store with the box's own code
   (``edge/onboard``: augmentation, onnxruntime embedding, numpy coreset, leave-one-out threshold,
@@ -77,8 +79,6 @@ def part_extractor(work: Path, steps: int, batch: int, source: str, devset: Path
     """`generated`: textures the dev set never shows (the onboarding case: the part is new to the
     extractor). `devset`: the dev tasks' own train/good images aggregated (no test image), an upper
     bound for parts of the kind the extractor was trained on."""
-    import numpy as np
-
     from linewatch.trainer.data import read_images
     from linewatch.trainer.data.generate import generate_dataset
     from linewatch.trainer.simsiam import SimSiamConfig, train_extractor, train_simsiam

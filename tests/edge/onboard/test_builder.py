@@ -8,9 +8,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from edge_testkit import make_bundle
 from sklearn.metrics import roc_auc_score
 
-from linewatch.contract.store import store_target
+from linewatch.contract.store import point_current, store_target
 from linewatch.edge.model.bundle import open_bundle
 from linewatch.edge.onboard.bank import golden_outputs, session
 from linewatch.edge.onboard.builder import Policy, onboard, remove
@@ -79,10 +80,7 @@ def test_onboard_replace_remove(fewshot) -> None:
 
 def _unchanged(kit, before: Path) -> None:
     assert store_target(kit.store) == before
-    assert sorted(p.name for p in kit.store.iterdir() if p.name != ".onboard.lock") == [
-        "current",
-        "fs-v000001",
-    ]
+    assert not list(kit.store.glob("fs-v*2")) and not list(kit.store.glob(".fs-*"))  # no new version
 
 
 @pytest.mark.parametrize(
@@ -97,6 +95,7 @@ def _unchanged(kit, before: Path) -> None:
         ("public key", "is a public key"),
         ("no key", "set \\[onboard\\] key"),
         ("not a store", "not a bundle store"),
+        ("not few-shot", "not a few-shot bundle"),
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(fewshot, tmp_path: Path, case: str, message: str) -> None:
@@ -122,6 +121,10 @@ def test_bad_input_is_refused_and_changes_nothing(fewshot, tmp_path: Path, case:
         policy = Policy(release_key=fewshot.release_pub, box_keys=[fewshot.box_pub])
     elif case == "not a store":
         store = tmp_path / "nowhere"
+    elif case == "not few-shot":  # a release-signed bundle of another method is current
+        make_bundle(fewshot.store / "toy-v000001", sign_key=fewshot.release_key)
+        point_current(fewshot.store, "toy-v000001")
+        before = store_target(fewshot.store)
     with pytest.raises(OnboardError, match=message):
         onboard(store, "brick", folder_images(folder), policy)
     _unchanged(fewshot, before)
