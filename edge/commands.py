@@ -1,4 +1,4 @@
-"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot.
+"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot, onboard.
 
 Parsing (JSON here, Sparkplug DCMD metrics in ``edge/publish/sparkplug/commands.py``) is kept apart
 from executing (``CommandHandler.execute``), so both payload modes run the same three commands, and
@@ -37,8 +37,10 @@ VERBS = {
     "snapshot": "cmd_snapshot",
     "trigger": "cmd_trigger",  # the PLC handshake of a triggered camera (edge/handshake.py)
     "ack": "cmd_ack",
+    "onboard": "cmd_onboard",  # learn or remove a part on the box (edge/onboard/)
 }
 MAX_PAYLOAD = 64 * 1024
+MAX_PAYLOADS = {"onboard": 24 * 1024 * 1024}  # up to 8 base64 JPEGs
 
 
 class CommandError(ValueError):
@@ -53,8 +55,9 @@ def parse_command(verb: str, raw: bytes) -> dict[str, Any]:
     """Decode and validate one request; raise CommandError with a message fit for the reply."""
     if verb not in VERBS:
         raise CommandError(f"unknown command {verb!r}; known: {sorted(VERBS)}")
-    if len(raw) > MAX_PAYLOAD:
-        raise CommandError(f"payload too large ({len(raw)} bytes, max {MAX_PAYLOAD})")
+    limit = MAX_PAYLOADS.get(verb, MAX_PAYLOAD)
+    if len(raw) > limit:
+        raise CommandError(f"payload too large ({len(raw)} bytes, max {limit})")
     if not raw.strip():
         request: Any = {}
     else:
@@ -101,10 +104,16 @@ class CommandHandler:
     """Executes commands for the runtime. Called on a camera's MQTT thread: must not block."""
 
     def __init__(
-        self, reload: Callable[[str | None], dict[str, Any]], counters: dict[str, int] | None = None
+        self,
+        reload: Callable[[str | None], dict[str, Any]],
+        counters: dict[str, int] | None = None,
+        onboard: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        """``reload(path)`` swaps the model and returns the response's result (raises on failure)."""
+        """``reload(path)`` swaps the model and returns the response's result (raises on failure);
+        ``onboard(request)`` learns or removes a part and swaps the new version in (same contract)."""
         self._reload = reload
+        self._onboard = onboard
+        self._onboarding = threading.Lock()  # one onboarding at a time, whichever camera asked
         self.counters = counters if counters is not None else {"ok": 0, "error": 0}
 
     def handle(self, camera: Any, verb: str, raw: bytes, properties: Any) -> None:
@@ -138,6 +147,15 @@ class CommandHandler:
             reply(result={"threshold": camera.threshold})
         elif verb == "snapshot":
             self._snapshot(camera, request, reply, snapshot_to or partial(_snapshot_topic, camera))
+        elif verb == "onboard":
+            if self._onboard is None:
+                reply(error="onboarding is not available here")
+            elif not self._onboarding.acquire(blocking=False):
+                reply(error="an onboarding is already running")
+            else:
+                threading.Thread(
+                    target=self._do_onboard, args=(request, reply), name="cmd-onboard", daemon=True
+                ).start()
         elif verb == "reload":
             # Verification + golden samples + warm-up take seconds: never on the MQTT thread.
             threading.Thread(
@@ -182,6 +200,18 @@ class CommandHandler:
         except Exception as exc:
             reply(error=str(exc))
             return
+        reply(result=result)
+
+    def _do_onboard(self, request: dict[str, Any], reply: Reply) -> None:
+        try:
+            assert self._onboard is not None
+            result = self._onboard(request)
+        except Exception as exc:
+            log.warning("onboarding refused", extra={"task": request.get("task"), "error": str(exc)})
+            reply(error=str(exc))
+            return
+        finally:
+            self._onboarding.release()
         reply(result=result)
 
     def _respond(

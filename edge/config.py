@@ -217,6 +217,17 @@ class ReloadConfig(_Section):
     watch_interval_s: float = Field(1.0, gt=0)
     key: Path | None = None  # public key (Ed25519) or HMAC secret; when set, unsigned bundles are refused
     require_signature: bool = False
+    # Box keys allowed to sign bank-only bundles (onboarded parts) on a base signed by `key`; explicit only.
+    box_keys: list[Path] = Field(default_factory=list)
+
+
+class OnboardConfig(_Section):
+    """Onboarding a part on the box (``onboard``, ``cmd/onboard``): the box's own signing key and limits."""
+
+    key: Path | None = None  # this box's private key; its public half must be in reload.box_keys
+    seed: int = 0
+    image_root: Path | None = None  # cmd/onboard may name folders under this one only (None: no folders)
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
 
 
 class TriggerConfig(_Section):
@@ -310,6 +321,7 @@ class EdgeConfig(LayeredSettings):
     outbox: OutboxConfig = OutboxConfig()
     metrics: MetricsConfig = MetricsConfig()
     reload: ReloadConfig = ReloadConfig()
+    onboard: OnboardConfig = OnboardConfig()
     camera: CameraConfig = CameraConfig()
     trigger: TriggerConfig = TriggerConfig()
     opcua: OpcUaConfig = OpcUaConfig()

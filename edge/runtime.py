@@ -87,7 +87,7 @@ class EdgeRuntime:
         if unknown:
             raise ValueError(f"[trigger] cameras {unknown} are not among the cameras {names}")
         self.results: BoundedQueue[Scored] = BoundedQueue(cfg.queues.results, cfg.queues.results_policy)
-        self.commands = CommandHandler(self._reload)
+        self.commands = CommandHandler(self._reload, onboard=self._onboard)
         self.inference = InferenceWorker(self.cameras, self.models, self.results, cfg, self.telemetry)
         self.postprocess = PostprocessWorker(
             self.by_name, self.results, self.outbox, cfg, self.telemetry, self.models
@@ -257,6 +257,23 @@ class EdgeRuntime:
     def _reload(self, path: str | None) -> dict[str, Any]:
         model = self.models.reload(path)
         return {"model": model.ref(), "backend": model.backend_name, "golden": model.report.as_dict()}
+
+    def _onboard(self, request: dict[str, Any]) -> dict[str, Any]:
+        """cmd/onboard: a new version in the store, swapped in here; on failure `current` goes back."""
+        from linewatch.contract.store import point_current, store_target
+        from linewatch.edge.onboard.service import run_request
+
+        store = self.models.store
+        if store is None:
+            raise ValueError("onboarding needs the edge to run on a bundle store (--bundle STORE)")
+        previous = store_target(store)
+        done = run_request(store, self.cfg, request)
+        try:
+            model = self.models.reload(done.path)
+        except Exception:
+            point_current(store, previous.name)
+            raise
+        return {**done.as_dict(), "model": model.ref(), "golden": model.report.as_dict()}
 
     def _command(self, cam: Camera, verb: str, raw: bytes, properties: Any) -> None:
         self.commands.handle(cam, verb, raw, properties)

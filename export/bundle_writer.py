@@ -381,6 +381,7 @@ def _build(
         graph_path = base_bundle.onnx_path
 
     data_entries = write_data_inputs(tmp, graph.data_inputs)
+    extra = _method_manifest(graph, tmp, golden, opset, base_bundle)
 
     # Golden samples: torch is the reference; the ONNX graph (fed these arrays) must agree.
     reference = torch_infer(graph, golden, batch_size=max_batch)
@@ -411,7 +412,7 @@ def _build(
         name=info.name,
         version=version,
         method=info.method,
-        tasks=info.tasks,
+        tasks=extra.pop("slot_tasks", info.tasks),
         input_hw=(h, w),
         max_batch=max_batch,
         data_inputs=data_entries,
@@ -435,8 +436,29 @@ def _build(
             "golden_parity": parity.as_dict(),
             "static_checks": static.as_manifest() if static else None,
         },
+        **extra,
     )
     return manifest, parity, static, onnx_info
+
+
+def _method_manifest(
+    graph: ScoringGraph, tmp: Path, golden: np.ndarray, opset: int, base_bundle: Bundle | None
+) -> dict[str, Any]:
+    """Manifest sections a method adds (`graph.meta["manifest"]`), and its embedding graph.
+
+    A few-shot graph carries `graph.embedding` (frames -> patch features): a full bundle gets it
+    as `embed.onnx`; a bank-only refresh uses its base's, which the base's hash already covers.
+    """
+    extra = dict(graph.meta.get("manifest") or {})
+    embedding = graph.embedding
+    if embedding is not None and base_bundle is None:
+        from linewatch.contract.fewshot import EMBED_NAME
+        from linewatch.export.embedding import export_embedding
+
+        err = export_embedding(embedding, tmp / EMBED_NAME, golden, opset)
+        if "fewshot" in extra:
+            extra["fewshot"] = {**extra["fewshot"], "embedding_parity": err}
+    return extra
 
 
 def _build_engines(
