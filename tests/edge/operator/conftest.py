@@ -1,0 +1,50 @@
+"""Fixtures of the operator page tests: a headless system Chromium (Debian chromium + chromium-driver).
+
+No browser is downloaded: Selenium is pointed at /usr/bin/chromium and /usr/bin/chromedriver, which
+``make test`` installs (Makefile ``chromium`` target). Where they are missing the tests skip and say so.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[object]:
+    """A Selenium driver for a fresh headless Chromium profile."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
+    binary, driver = _find("chromium", "chromium-browser"), _find("chromedriver")
+    if binary is None or driver is None:
+        pytest.skip("system Chromium missing: `apt-get install chromium chromium-driver` (make chromium)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):  # fmt: skip
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=driver)
+    browser = webdriver.Chrome(options=options, service=service)
+    browser.set_page_load_timeout(60)
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """Screenshots go under tmp_path/artifacts (pytest keeps the last runs' tmp folders)."""
+    out = tmp_path / "artifacts"
+    out.mkdir(exist_ok=True)
+    return out
