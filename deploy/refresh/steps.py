@@ -25,7 +25,14 @@ from pathlib import Path
 from linewatch.deploy.refresh.codes import Exit
 from linewatch.deploy.refresh.config import RefreshConfig
 from linewatch.deploy.refresh.confirm import wait_for_version
-from linewatch.deploy.refresh.drop import DropScan, apply_drop, read_journal, scan_drop, undo_drop
+from linewatch.deploy.refresh.drop import (
+    DropScan,
+    apply_drop,
+    read_journal,
+    scan_drop,
+    scan_review,
+    undo_drop,
+)
 from linewatch.deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
 from linewatch.deploy.refresh.gate import decide, read_eval
 from linewatch.deploy.refresh.lock import LockBusy, RefreshLock
@@ -91,10 +98,14 @@ class _Refresh:
         with self.step("scan", f"looking for new data in {cfg.drop_dir}"):
             info = read_run_info(cfg.run_dir)
             scan = scan_drop(cfg.drop_dir, info.tasks, cfg.data_root, settle_s=cfg.steps.drop_settle_s)
+            if cfg.review_dir is not None:
+                scan_review(cfg.review_dir, info.tasks, cfg.data_root, scan, settle_s=cfg.steps.drop_settle_s)
         for task, items in sorted(scan.added.items()):
             self.say(f"    {task}: {len(items)} new good image(s)")
         for task, items in sorted(scan.new_tasks.items()):
             self.say(f"    {task}: new task ({len(items)} files)")
+        for task, items in sorted(scan.review.items()):
+            self.say(f"    {task}: {len(items)} reviewed defect(s) for the test set")
         for why in scan.ignored:
             self.say(f"    ignored: {why}")
         self.record.drop = scan.summary()

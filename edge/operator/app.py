@@ -40,6 +40,7 @@ DISABLED = (
     "operator.token_file, operator.username with a password, or operator.proxy_user_header)"
 )
 MAX_BODY = 4096
+LOGINS_PER_MINUTE = 10
 
 
 def _static(name: str) -> bytes:
@@ -67,6 +68,7 @@ class OperatorApp:
         self.cfg = cfg
         self.auth = Auth(cfg)
         self.limiter = RateLimiter(cfg.feedback_per_minute)
+        self.login_limiter = RateLimiter(LOGINS_PER_MINUTE)  # per client address: no token guessing
         self.live = live
         self.state = PageState(runtime, live, refresh_log)
         self.feedback = FeedbackWriter(cfg.drop_dir, cfg.review_dir, cfg.audit_log)
@@ -178,6 +180,9 @@ class OperatorApp:
             self._login_form(h, 413, "request too large")
             return
         name, secret = form.get("name", [""])[0], form.get("secret", [""])[0]
+        if not self.login_limiter.allow(h.client_address[0]):
+            self._login_form(h, 429, f"too many logins: at most {LOGINS_PER_MINUTE} a minute")
+            return
         sid = self.auth.login(name, secret)
         if sid is None:
             log.warning("operator login refused", extra={"user": name[:64], "client": h.client_address[0]})
