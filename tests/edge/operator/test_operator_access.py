@@ -75,7 +75,7 @@ def test_closed_by_default_with_a_log_line(served: Any, caplog: pytest.LogCaptur
 def test_secrets_stay_out_of_the_config_file(tmp_path: Path) -> None:
     path = tmp_path / "edge.toml"
     path.write_text('[operator]\ntoken = "x"\n')
-    with pytest.raises(ValueError, match="operator.token: not allowed in the config file"):
+    with pytest.raises(ValueError, match=r"operator\.token: not allowed in the config file"):
         load_config(path)
 
 
