@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 import cv2
 
+from linewatch.contract.feedback import MISSED_DEFECT, feedback_name
 from linewatch.edge.operator.live import Shown
 
 Kind = Literal["false_alarm", "missed"]
 KINDS: tuple[Kind, ...] = ("false_alarm", "missed")
-MISSED_DEFECT = "missed"  # the defect folder name of operator-reported misses in the test set
 _TASK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as deploy/refresh/drop.py accepts
 
 
@@ -60,8 +60,7 @@ class FeedbackWriter:
         if task is None or not _TASK.match(task):
             raise FeedbackError("the model gave no known task for this frame; it cannot be filed", 409)
         leaf = Path(task, "train", "good") if kind == "false_alarm" else Path(task, "test", MISSED_DEFECT)
-        version = shown.model.get("version")
-        name = f"{shown.camera}-f{shown.frame_id:09d}-v{version}.png"
+        name = feedback_name(shown.camera, shown.frame_id, shown.model.get("version"))
         root = root.resolve()
         folder = (root / leaf).resolve()
         if root not in folder.parents:
