@@ -10,6 +10,7 @@ gate decisions. Nothing here names a file system path: the page must not learn w
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,15 @@ from linewatch.contract.store import bundles_in
 from linewatch.edge.operator.live import LiveView
 
 COUNTER_PERIOD_S = 1.0
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^/\s:'\"]+)+/?")
+
+
+def redact(text: str | None) -> str | None:
+    """A message for the page with every absolute path cut to its last part (a refused bundle's error
+    names where the store is; the page may not)."""
+    if text is None:
+        return None
+    return _PATH.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 class PageState:
@@ -71,7 +81,7 @@ class PageState:
                     "outbox": {"depth": rt.outbox.depth(), "healthy": rt.outbox.healthy},
                     "backend": model.backend_name if model else None,
                     "model": model.ref() if model else None,
-                    "model_error": rt.models.last_error,
+                    "model_error": redact(rt.models.last_error),
                 }
                 self._counted_at = now
             return self._counters

@@ -23,6 +23,7 @@ from linewatch.edge.config import OperatorConfig, load_config
 from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
 from linewatch.edge.operator.app import OperatorApp
 from linewatch.edge.operator.live import LiveView, Shown
+from linewatch.edge.operator.state import redact
 
 TOKEN = "t0ken-value"
 
@@ -124,3 +125,9 @@ def test_feedback_rate_limited_audited_and_path_safe(served: Any, tmp_path: Path
     ]  # fmt: skip
     assert lines[1]["model"] == {"name": "m", "version": 3} and lines[3]["error"].startswith("rate limit")
     assert TOKEN not in audit.read_text()
+
+
+def test_errors_shown_on_the_page_name_no_paths() -> None:
+    text = "bundle refused (signature): /var/lib/linewatch/bundles/.pc-v000007/manifest.sig: bad"
+    assert redact(text) == "bundle refused (signature): …/manifest.sig: bad"
+    assert redact(None) is None and redact("no path here") == "no path here"
