@@ -6,6 +6,7 @@ No browser is downloaded: Selenium is pointed at /usr/bin/chromium and /usr/bin/
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,10 @@ def chromium(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    """Screenshots go under tmp_path/artifacts (pytest keeps the last runs' tmp folders)."""
-    out = tmp_path / "artifacts"
-    out.mkdir(exist_ok=True)
+def artifacts(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """Where screenshots go: $LINEWATCH_TEST_ARTIFACTS/<test> when set (CI collects it; `artifacts/`
+    in the repo is git-ignored), else tmp_path/artifacts (pytest keeps the last runs' tmp folders)."""
+    base = os.environ.get("LINEWATCH_TEST_ARTIFACTS")
+    out = Path(base) / request.node.name if base else tmp_path / "artifacts"
+    out.mkdir(parents=True, exist_ok=True)
     return out
