@@ -22,9 +22,10 @@ def _find(*names: str) -> str | None:
     return None
 
 
-@pytest.fixture
-def chromium(tmp_path: Path) -> Iterator[object]:
-    """A Selenium driver for a fresh headless Chromium profile."""
+@pytest.fixture(scope="module")
+def _browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One headless Chromium per module: its start is most of a browser test's time on a loaded box."""
+    tmp_path = tmp_path_factory.mktemp("chromium")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (dev extra) is not installed")
     binary, driver = _find("chromium", "chromium-browser"), _find("chromedriver")
     if binary is None or driver is None:
@@ -41,6 +42,13 @@ def chromium(tmp_path: Path) -> Iterator[object]:
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture
+def chromium(_browser: object) -> object:
+    """The module's browser with no cookies: every test starts logged out."""
+    _browser.delete_all_cookies()  # type: ignore[attr-defined]
+    return _browser
 
 
 @pytest.fixture
