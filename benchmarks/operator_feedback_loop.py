@@ -260,17 +260,18 @@ drop_settle_s = 0
             ]
         finally:
             rt.shutdown()
-    after = {"held_out_good": score(root, sets["held_out"], root / "v2-good.json"),
-             "defects": score(root, sets["defects"], root / "v2-defects.json")}  # fmt: skip
-    if marked:
-        after["marked"] = score(root, marked_copies, root / "v2-marked.json")
-    report["false_alarm_rate_held_out_good"] = {
-        "before": rate(before["held_out_good"]),
-        "after": rate(after["held_out_good"]),
-    }
-    report["defects_caught"] = {"before": rate(before["defects"]), "after": rate(after["defects"])}
-    if marked:
-        report["marked_frames_flagged"] = {"before": rate(before["marked"]), "after": rate(after["marked"])}
+    if report["refresh"]["outcome"] != "published":  # v1 still serves: there is no "after" to measure
+        report["after_not_measured"] = f"the refresh ended {report['refresh']['outcome']!r}; v1 is still live"
+        after: dict[str, Any] = {}
+    else:
+        after = {"held_out_good": score(root, sets["held_out"], root / "v2-good.json"),
+                 "defects": score(root, sets["defects"], root / "v2-defects.json")}  # fmt: skip
+        if marked:
+            after["marked"] = score(root, marked_copies, root / "v2-marked.json")
+    for key, name in (("held_out_good", "false_alarm_rate_held_out_good"), ("defects", "defects_caught"),
+                      ("marked", "marked_frames_flagged")):  # fmt: skip
+        if key in before:
+            report[name] = {"before": rate(before[key]), "after": rate(after[key]) if key in after else None}
     report["scores"] = {"before": before, "after": after}
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
