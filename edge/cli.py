@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--remove", action="store_true", help="remove the part instead")
     onboard.add_argument("--sign-key", type=Path, help="this box's private key (overrides onboard.key)")
     onboard.add_argument("--config", type=Path, help="TOML config file (reload keys, onboard key)")
+    verify.add_argument(
+        "--score", type=Path, nargs="+", help="also score these images with the verified backend"
+    )
+    verify.add_argument("--out", type=Path, help="write the JSON report here as well")
     return parser
 
 
@@ -153,8 +157,13 @@ def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
         "golden": selection.report.as_dict(),
         "skipped_backends": selection.skipped,
     }
+    if args.score:
+        report["images"] = _score_images(bundle, selection.backend, args.score)
     selection.backend.close()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
     return EXIT_OK
 
 
@@ -174,6 +183,24 @@ def _onboard(args: argparse.Namespace, cfg: EdgeConfig) -> int:
         return EXIT_USAGE
     print(json.dumps(done.as_dict(), indent=2))
     return EXIT_OK
+
+
+def _score_images(bundle: Any, backend: Any, paths: list[Path]) -> list[dict[str, Any]]:
+    """Each image's score and verdict at the bundle's threshold, as the runtime would judge it."""
+    import cv2
+
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+
+    scorer = FrameScorer(bundle, backend)
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            out.append({"file": str(path), "error": "not a readable image"})
+            continue
+        score = scorer.score(image).score
+        out.append({"file": str(path), "score": round(score, 6), "anomalous": score >= bundle.threshold})
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

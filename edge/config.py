@@ -301,6 +301,57 @@ class WatchdogConfig(_Section):
     stall_s: float = Field(30.0, gt=0)  # stop feeding the watchdog when inference made no progress this long
 
 
+class OperatorConfig(_Section):
+    """The operator page (``/operator`` on the metrics port). Off unless a credential is configured.
+
+    Credentials: ``token`` (with any name at login) or ``username`` + ``password``, both secrets from the
+    environment (``LINEWATCH_EDGE_OPERATOR__TOKEN``, ``..._PASSWORD``) or ``*_file``; or a reverse proxy
+    that authenticates and names the user in ``proxy_user_header`` (trusted only from ``proxy_from``).
+    Feedback files go only under ``drop_dir`` (false alarms, as good images) and ``review_dir`` (missed
+    defects); every action is appended to ``audit_log``.
+    """
+
+    token: SecretStr | None = None  # environment only
+    token_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None  # environment only
+    password_file: Path | None = None
+    proxy_user_header: str | None = None  # e.g. "X-Remote-User", set by an authenticating proxy
+    proxy_from: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    drop_dir: Path | None = None  # the refresh job's drop_dir
+    review_dir: Path | None = None  # the refresh job's review_dir
+    audit_log: Path = Path("linewatch-operator-audit.jsonl")
+    refresh_log: Path | None = None  # the refresh job's log: gate results in the model history
+    gallery: int = Field(12, ge=1, le=200)  # last N anomalous frames kept for the page
+    feedback_per_minute: int = Field(20, ge=1, le=1000)  # per user
+    session_hours: float = Field(12.0, gt=0)
+    max_fps: float = Field(4.0, gt=0, le=60)  # live updates pushed to each viewer per second at most
+
+    @staticmethod
+    def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+        if value is not None:
+            return value.get_secret_value() or None
+        if file is not None:
+            return file.read_text(encoding="utf-8").splitlines()[0].strip() or None
+        return None
+
+    def resolved_token(self) -> str | None:
+        return self._secret(self.token, self.token_file)
+
+    def resolved_password(self) -> str | None:
+        return self._secret(self.password, self.password_file)
+
+    @property
+    def configured(self) -> bool:
+        """True when some way to log in exists; without one the page refuses every request."""
+        return bool(
+            self.token is not None
+            or self.token_file is not None
+            or (self.username and (self.password is not None or self.password_file is not None))
+            or self.proxy_user_header
+        )
+
+
 class EdgeConfig(LayeredSettings):
     """Everything the edge runtime can be told. See the module docstring for precedence."""
 
@@ -327,6 +378,7 @@ class EdgeConfig(LayeredSettings):
     opcua: OpcUaConfig = OpcUaConfig()
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    operator: OperatorConfig = OperatorConfig()
 
 
 def _refuse_password(values: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -336,6 +388,13 @@ def _refuse_password(values: dict[str, Any], path: Path) -> dict[str, Any]:
             f"mqtt.password: not allowed in the config file {path}; set {ENV_PREFIX}MQTT__PASSWORD "
             "or mqtt.password_file"
         )
+    operator = values.get("operator")
+    for key in ("token", "password"):
+        if isinstance(operator, dict) and key in operator:
+            raise ConfigError(
+                f"operator.{key}: not allowed in the config file {path}; set "
+                f"{ENV_PREFIX}OPERATOR__{key.upper()} or operator.{key}_file"
+            )
     return values
 
 

@@ -31,6 +31,7 @@ from linewatch.edge.inference.postprocess import find_regions, overlay_jpeg
 from linewatch.edge.model.manager import LoadedModel, ModelManager
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.observability.telemetry import Telemetry
+from linewatch.edge.operator.live import LiveView, Shown
 from linewatch.edge.publish import payloads
 from linewatch.edge.publish.outbox import Outbox
 
@@ -213,6 +214,7 @@ class PostprocessWorker(_Stage):
         self.encode: Callable[[Camera, Frame, dict[str, Any], bytes | None], list[tuple[str, bytes, int]]]
         self.encode = self.json_rows
         self.on_verdict: Callable[[Camera, dict[str, Any]], None] | None = None  # OPC UA, before MQTT
+        self.live: LiveView | None = None  # the operator page's view, when it is served
         self.processed = 0
         self.errors = 0
         super().__init__("postprocess")
@@ -269,6 +271,12 @@ class PostprocessWorker(_Stage):
             except Exception as exc:  # an OPC UA fault must never cost the MQTT verdict
                 limited.error("verdict listener failed", cam.name, camera=cam.name, error=str(exc))
         cam.latest = (frame, amap, frame.frame_id)
+        if self.live is not None:
+            tasks = item.model.bundle.tasks
+            self.live.record(Shown(
+                cam.name, frame.frame_id, frame.image, amap, score, threshold, anomalous, regions,
+                item.model.ref(), tasks[item.task] if 0 <= item.task < len(tasks) else None,
+            ))  # fmt: skip
         cam.summary.add(frame.frame_id, score, anomalous)
         image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None
         ids = self.outbox.add_many(cam.name, messages, image_mark) if messages else []

@@ -33,6 +33,8 @@ from linewatch.edge.observability import sdnotify
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.observability.stats import STAGES
 from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
+from linewatch.edge.operator.app import OperatorApp
+from linewatch.edge.operator.live import LiveView
 from linewatch.edge.publish import payloads
 from linewatch.edge.publish.mqtt import MqttLink
 from linewatch.edge.publish.outbox import Outbox
@@ -100,6 +102,7 @@ class EdgeRuntime:
             self.postprocess.encode = self.sparkplug.result_rows
         self.opcua: Any = None  # OpcUaServer when [opcua] enabled
         self.server: MetricsServer | None = None
+        self.operator: OperatorApp | None = None
         self.stopping = threading.Event()
         self._stopped = False
         self._started = False
@@ -146,9 +149,14 @@ class EdgeRuntime:
             cam.source.start()
         self.models.start_watching()
         if self.cfg.metrics.port is not None:
+            live = LiveView(self.cfg.operator.gallery)
+            self.operator = OperatorApp(self.cfg.operator, self, live, self.cfg.operator.refresh_log)
+            self.operator.state.model_swapped(model.name, model.version, model.backend_name)
+            self.postprocess.live = live if self.operator.auth.enabled else None
             self.server = MetricsServer(
-                self.telemetry, self.cfg.metrics.host, self.cfg.metrics.port, self.healthy
-            )
+                self.telemetry, self.cfg.metrics.host, self.cfg.metrics.port, self.healthy,
+                self.operator.handle,
+            )  # fmt: skip
             self.server.start()
         self._loop_thread.start()
         sdnotify.notify(f"READY=1\nSTATUS=serving {model.name} v{model.version} on {model.backend_name}")
@@ -201,6 +209,8 @@ class EdgeRuntime:
         self.models.stop()
         if self.opcua is not None:
             self.opcua.stop()
+        if self.operator is not None:
+            self.operator.stop()
         if self.server is not None:
             self.server.stop()
         left = self.outbox.depth()
@@ -244,6 +254,8 @@ class EdgeRuntime:
     def _model_changed(self, model: LoadedModel) -> None:
         self.telemetry.set_model(model.name, model.version, model.backend_name)
         self._opcua_state()
+        if self.operator is not None:
+            self.operator.state.model_swapped(model.name, model.version, model.backend_name)
         for cam in self.cameras:
             if cam.link is not None:
                 cam.link.publish_status()
