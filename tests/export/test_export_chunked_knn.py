@@ -32,7 +32,10 @@ def test_chunked_knn_exports_and_scores_like_the_dense_graph(fitted_runs, tmp_pa
     graph = onnx.load(str(written.path / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("TopK") == ops.count("Gemm") == t * -(-m // CHUNK)
-    shapes = {vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim] for vi in graph.value_info}
+    shapes = {
+        vi.name: [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+        for vi in graph.value_info
+    }
     gemm_cols = {shapes[n.output[0]][-1] for n in graph.node if n.op_type == "Gemm"}
     assert gemm_cols == {CHUNK, m % CHUNK}  # distances exist one chunk at a time, never (B, P, T*M)
 
