@@ -23,7 +23,10 @@ from linewatch.contract.config_loader import LayeredSettings, load_settings
 from linewatch.contract.errors import ConfigError
 
 ENV_PREFIX = "LINEWATCH_EDGE_"
-BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
+BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino")
+# OpenVINO is opt-in (`order = ["openvino", "ort-cpu"]` on an Intel box): a box with the package
+# installed keeps its tried order until its config says otherwise.
+DEFAULT_BACKEND_ORDER = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 
@@ -168,7 +171,7 @@ class QueueConfig(_Section):
 class BackendConfig(_Section):
     """Inference backends, tried in order; unavailable ones are skipped with a logged reason."""
 
-    order: list[str] = Field(default_factory=lambda: list(BACKEND_NAMES))
+    order: list[str] = Field(default_factory=lambda: list(DEFAULT_BACKEND_ORDER))
     threads: int = Field(0, ge=0, le=256)  # onnxruntime intra-op threads, 0 = its default
     allow_spinning: bool = (
         False  # onnxruntime pool threads spin-wait: faster alone, steals CPU from other stages
@@ -176,6 +179,7 @@ class BackendConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = "fp16"  # TensorRT engines built on the box
     workspace_mb: int = Field(1024, ge=16)
     warmup_runs: int = Field(2, ge=0, le=100)
+    openvino_device: str = "CPU"  # OpenVINO device for the `openvino` backend: CPU, GPU (iGPU), AUTO
 
     @field_validator("order")
     @classmethod

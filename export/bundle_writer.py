@@ -53,6 +53,7 @@ from linewatch.contract.manifest import (
 from linewatch.contract.store import bundles_in, versions_of
 from linewatch.edge.model import signing
 from linewatch.edge.model.bundle import Bundle, open_bundle
+from linewatch.export import quantize
 from linewatch.export.checks import CheckLimits, StaticReport, run_static_checks
 from linewatch.export.graph_structure import structure_sha256
 from linewatch.export.onnx_export import ExportError, OnnxExport, export_onnx
@@ -251,11 +252,13 @@ def write_bundle(
     exporter: str = "auto",
     limits: CheckLimits | None = None,
     store: str | os.PathLike[str] | None = None,
+    int8_calibration: np.ndarray | None = None,
 ) -> WrittenBundle:
     """Export, check, prove and write a bundle at `out` (a directory); return what was written.
 
     `store` is the bundle store the bundle will be published into: versions count from it and a
-    bank-only refresh finds its base there.
+    bank-only refresh finds its base there. `int8_calibration` (training frames) makes the
+    model an INT8 graph (`export/quantize.py`); a bank-only refresh follows its base's precision.
     """
     t0 = time.perf_counter()
     out = Path(out).resolve()
@@ -318,6 +321,7 @@ def write_bundle(
             exporter=exporter,
             limits=limits,
             cache_dir=out.parent,
+            int8_calibration=int8_calibration,
         )
         manifest = write_manifest(tmp, manifest, signing.signer(key) if key is not None else None)
         # The edge's own reader is the final judge of what we wrote.
@@ -352,13 +356,17 @@ def _build(
     exporter: str,
     limits: CheckLimits | None,
     cache_dir: Path,
+    int8_calibration: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], ParityReport, StaticReport | None, OnnxExport | None]:
     """Fill `tmp` with every file but the manifest; return the manifest (files not yet hashed) and the proofs."""
     h, w = graph.input_hw
     static: StaticReport | None = None
     onnx_info: OnnxExport | None = None
+    quant: dict[str, Any] | None = None
     if base_bundle is None:
         onnx_info = export_onnx(graph, tmp / MODEL_NAME, max_batch=max_batch, opset=opset, exporter=exporter)
+        if int8_calibration is not None:
+            quant = quantize.replace_with_int8(tmp / MODEL_NAME, graph.data_inputs, int8_calibration)
         static = run_static_checks(tmp / MODEL_NAME, max_batch, limits)
         try:
             static.raise_for_failures()
@@ -373,7 +381,10 @@ def _build(
             onnx_info = export_onnx(
                 graph, probe, max_batch=base_bundle.max_batch, opset=opset, exporter=exporter
             )
-            if sha256_file(probe) != base_bundle.graph_sha256:
+            quant = base_bundle.manifest.get("quantization")
+            if sha256_file(probe) != quantize.fp32_graph_sha256(
+                base_bundle.manifest, base_bundle.graph_sha256
+            ):
                 raise ExportError(
                     "this run's scoring graph differs from the base bundle's model.onnx (weights, code "
                     "or export settings changed): a bank-only refresh is not possible, do a full export"
@@ -387,11 +398,14 @@ def _build(
     reference = torch_infer(graph, golden, batch_size=max_batch)
     session = ort_session(graph_path)
     onnx_out = ort_infer(session, dict(graph.data_inputs), golden, batch_size=max_batch)
-    parity = compare(reference, onnx_out, ATOL_SCORE, ATOL_MAP)
+    # INT8: the graph's own outputs are golden (own tolerances); its drift from FP32 is bounded.
+    tol, golden_out = (quantize.GOLDEN_ATOL, onnx_out) if quant else ((ATOL_SCORE, ATOL_MAP), reference)
+    parity = compare(reference, onnx_out, *(quantize.FP32_DRIFT if quant else tol))
     if not parity.ok:
         raise ExportError(f"ONNX graph disagrees with torch on the golden frames, bundle refused: {parity}")
+    quant = {**quant, "fp32_parity": parity.as_dict()} if quant else None
     golden_entry = write_golden(
-        tmp, golden, reference, atol_score=ATOL_SCORE, atol_map=ATOL_MAP, source=info.golden_source
+        tmp, golden, golden_out, atol_score=tol[0], atol_map=tol[1], source=info.golden_source
     )
 
     # Trained methods retrain their weights on every refresh: their engines are built
@@ -402,6 +416,8 @@ def _build(
     }
     engines: list[dict[str, Any]] = []
     if tensorrt:
+        if quant is not None:
+            raise ExportError("--int8 with --tensorrt: build INT8 engines from the QDQ graph on the box")
         engines = _build_engines(
             tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, cache_dir, refit
         )
@@ -426,6 +442,7 @@ def _build(
         provenance=provenance,
         metrics=info.metrics,
         refit=refit,
+        **({"quantization": quant} if quant else {}),
         bank_only=(
             {"base_version": base_bundle.version, "graph_sha256": base_bundle.graph_sha256}
             if base_bundle
