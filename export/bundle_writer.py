@@ -55,6 +55,7 @@ from linewatch.edge.model import signing
 from linewatch.edge.model.bundle import Bundle, open_bundle
 from linewatch.export import quantize
 from linewatch.export.checks import CheckLimits, StaticReport, run_static_checks
+from linewatch.export.engines import build_engines
 from linewatch.export.graph_structure import structure_sha256
 from linewatch.export.onnx_export import ExportError, OnnxExport, export_onnx
 from linewatch.export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
@@ -418,8 +419,17 @@ def _build(
     if tensorrt:
         if quant is not None:
             raise ExportError("--int8 with --tensorrt: build INT8 engines from the QDQ graph on the box")
-        engines = _build_engines(
-            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, cache_dir, refit
+        engines = build_engines(
+            tmp,
+            graph,
+            golden,
+            reference,
+            max_batch,
+            precisions,
+            workspace_bytes,
+            cache_dir,
+            refit,
+            (ATOL_SCORE, ATOL_MAP),
         )
 
     provenance = dict(info.provenance)
@@ -476,48 +486,3 @@ def _method_manifest(
         if "fewshot" in extra:
             extra["fewshot"] = {**extra["fewshot"], "embedding_parity": err}
     return extra
-
-
-def _build_engines(
-    tmp: Path,
-    graph: ScoringGraph,
-    golden: np.ndarray,
-    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
-    max_batch: int,
-    precisions: tuple[str, ...],
-    workspace_bytes: int,
-    cache_dir: Path,
-    refit: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Build one plan per precision, check each on the golden frames, return manifest entries."""
-    from linewatch.edge.model import trt_build
-
-    ok, reason = trt_build.tensorrt_available()
-    if not ok:
-        raise ExportError(f"--tensorrt: {reason}")
-    info = trt_build.runtime_info()
-    entries = []
-    for precision in precisions:
-        plan = tmp / trt_build.plan_filename(precision, info)
-        entry = trt_build.build_engine(
-            tmp / MODEL_NAME,
-            plan,
-            max_batch=max_batch,
-            precision=precision,
-            workspace_bytes=workspace_bytes,
-            refittable=refit["refittable"],
-            structure_sha256=refit["structure_sha256"],
-            timing_cache=cache_dir / f".{trt_build.timing_cache_name(info)}",
-        )
-        from linewatch.export.trt_verify import engine_infer
-
-        outs = engine_infer(plan, dict(graph.data_inputs), golden, max_batch)
-        # FP16 engines get the same tolerance: the edge applies it too, so fail early here.
-        parity = compare(reference, outs, ATOL_SCORE, ATOL_MAP)
-        if not parity.ok:
-            raise ExportError(
-                f"{precision} TensorRT engine disagrees with torch on the golden frames: {parity}"
-            )
-        entry["golden_parity"] = parity.as_dict()
-        entries.append(entry)
-    return entries
