@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: demo test lint format venv mosquitto clean bench
+.PHONY: demo test lint format venv mosquitto chromium clean bench sparkplug-proto
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -19,7 +19,11 @@ venv: $(STAMP)
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto )
 
-test: venv mosquitto
+# The operator page's browser test drives the system Chromium (Debian packages; no browser download).
+chromium:
+	@( command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 ) || ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver )
+
+test: venv mosquitto chromium
 	$(VPY) -m ruff check .
 	$(VPY) -m pytest -q -p no:cacheprovider
 
@@ -40,3 +44,7 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+
+# Sparkplug B: regenerate the protobuf module after editing edge/publish/sparkplug/sparkplug_b.proto.
+sparkplug-proto: venv
+	$(VPY) -m grpc_tools.protoc -Iedge/publish --python_out=edge/publish edge/publish/sparkplug/sparkplug_b.proto

@@ -12,7 +12,10 @@ Modes:
 - ``pipeline_paced``: the same, video paced at its own fps like a live camera (latency at a
   realistic rate);
 - ``sequential``: read, preprocess, infer, post-process, publish QoS 1 and wait for the PUBACK,
-  one frame at a time.
+  one frame at a time;
+- ``cameras_N`` (e.g. ``--modes cameras_1,cameras_2,cameras_4,cameras_8 --fps 5``): N cameras, each
+  the video paced at ``--fps``, through one runtime: total and per-camera fps, the worst camera's
+  p50/p99 capture -> PUBACK, and drops (``--batch`` batches across cameras).
 
 Usage::
 
@@ -101,7 +104,7 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
 
 
 def run_pipeline(
-    bundle: Path, video: Path, url: str, batch: int, threads: int, paced: bool, work: Path
+    bundle: Path, video: Path, url: str, batch: int, threads: int, paced: bool, work: Path, cameras: int = 1
 ) -> dict[str, Any]:
     from linewatch.edge.config import load_config
     from linewatch.edge.runtime import EdgeRuntime
@@ -121,13 +124,14 @@ def run_pipeline(
     import logging
 
     logging.getLogger().setLevel(logging.WARNING)
-    rt = EdgeRuntime(cfg, bundle, [str(video)], ["bench"])
+    names = ["bench"] if cameras == 1 else [f"bench{i}" for i in range(cameras)]
+    rt = EdgeRuntime(cfg, bundle, [str(video)] * cameras, names)
     rt.start()
     cam = rt.cameras[0]
     t0 = time.perf_counter()
     while not (
         rt.sources_finished()
-        and rt.postprocess.processed >= cam.source.stats.frames
+        and rt.postprocess.processed >= sum(c.source.stats.frames for c in rt.cameras)
         and rt.outbox.depth() == 0
     ):
         time.sleep(0.002)
@@ -143,6 +147,22 @@ def run_pipeline(
         "dropped": cam.queue.dropped,
         "backend": rt.models.loaded.backend_name,
     }
+    if cameras > 1:  # one box, several live cameras: totals and the worst camera's latency
+        per_cam = {c.name: rt.telemetry.camera(c.name).stages["end_to_end"].percentiles() for c in rt.cameras}
+        results = sum(c.results for c in rt.cameras)
+        out = {
+            "cameras": cameras,
+            "frames": results,
+            "captured": sum(c.source.stats.frames for c in rt.cameras),
+            "wall_s": round(wall, 3),
+            "fps_total": round(results / wall, 3),
+            "fps_per_camera": round(results / wall / cameras, 3),
+            "end_to_end_ms_per_camera": per_cam,
+            "end_to_end_p50_ms_worst": max(v["p50"] or 0 for v in per_cam.values()),
+            "end_to_end_p99_ms_worst": max(v["p99"] or 0 for v in per_cam.values()),
+            "dropped": sum(c.queue.dropped for c in rt.cameras),
+            "backend": rt.models.loaded.backend_name,
+        }
     rt.shutdown()
     return out
 
@@ -217,9 +237,10 @@ def child(args: argparse.Namespace) -> None:
     if args.mode == "sequential":
         out = run_sequential(Path(args.bundle), Path(args.video), args.mqtt, args.threads)
     else:
-        paced = args.mode == "pipeline_paced"
+        paced = args.mode == "pipeline_paced" or args.mode.startswith("cameras_")
+        cameras = int(args.mode.split("_")[1]) if args.mode.startswith("cameras_") else 1
         out = run_pipeline(
-            Path(args.bundle), Path(args.video), args.mqtt, args.batch, args.threads, paced, work
+            Path(args.bundle), Path(args.video), args.mqtt, args.batch, args.threads, paced, work, cameras
         )
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -260,7 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=1, help="onnxruntime intra-op threads, both modes (0 = ORT default)"
     )
     p.add_argument("--mqtt", help="broker URL (default: start a local mosquitto)")
-    p.add_argument("--modes", default="pipeline,pipeline_paced,sequential")
+    p.add_argument(
+        "--modes",
+        default="pipeline,pipeline_paced,sequential",
+        help="also cameras_N: N live cameras (the video paced at --fps each) through one box",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "edge_throughput.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)

@@ -1,8 +1,8 @@
-"""``linewatch-edge``: ``run`` the runtime, or ``verify`` a bundle the way the box would load it.
+"""``linewatch-edge``: ``run`` the runtime, ``verify`` a bundle the way the box would load it, ``onboard`` a part.
 
 Exit codes (scripts and systemd rely on them): 0 ok, 1 unexpected error, 2 bad usage or config,
 3 bundle refused (manifest, hashes, signature...), 4 no inference backend available,
-5 golden samples do not match on the chosen backend.
+5 golden samples do not match on the chosen backend. `onboard` refusals (bad images, keys) exit 2.
 """
 
 from __future__ import annotations
@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--backend", choices=BACKEND_NAMES, help="check on this backend only")
     verify.add_argument("--config", type=Path, help="TOML config file (backend order, key)")
+    onboard = sub.add_parser(
+        "onboard",
+        help="learn a part from 2-8 good images (or --remove one): a new bank-only version in the store",
+    )
+    onboard.add_argument("--bundle", required=True, type=Path, help="the bundle store (with 'current')")
+    onboard.add_argument("--task", required=True, help="the part's name; an existing name is replaced")
+    what = onboard.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", type=Path, help="folder of 2-8 good images")
+    what.add_argument("--remove", action="store_true", help="remove the part instead")
+    onboard.add_argument("--sign-key", type=Path, help="this box's private key (overrides onboard.key)")
+    onboard.add_argument("--config", type=Path, help="TOML config file (reload keys, onboard key)")
+    verify.add_argument(
+        "--score", type=Path, nargs="+", help="also score these images with the verified backend"
+    )
+    verify.add_argument("--out", type=Path, help="write the JSON report here as well")
     return parser
 
 
@@ -116,7 +131,12 @@ def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
     path = store_target(args.bundle) if is_store(args.bundle) else args.bundle
     key = args.key or cfg.reload.key
     try:
-        bundle = open_bundle(path, key=key, require_signature=key is not None or cfg.reload.require_signature)
+        bundle = open_bundle(
+            path,
+            key=key,
+            require_signature=key is not None or cfg.reload.require_signature,
+            box_keys=cfg.reload.box_keys if key is not None else (),
+        )
     except BundleError as exc:
         print(f"linewatch-edge verify: REFUSED: {exc}", file=sys.stderr)
         return EXIT_BUNDLE
@@ -137,9 +157,50 @@ def _verify(args: argparse.Namespace, cfg: EdgeConfig) -> int:
         "golden": selection.report.as_dict(),
         "skipped_backends": selection.skipped,
     }
+    if args.score:
+        report["images"] = _score_images(bundle, selection.backend, args.score)
     selection.backend.close()
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
     return EXIT_OK
+
+
+def _onboard(args: argparse.Namespace, cfg: EdgeConfig) -> int:
+    from linewatch.edge.onboard.builder import onboard, remove
+    from linewatch.edge.onboard.service import folder_images, policy_from
+    from linewatch.edge.onboard.support import OnboardError
+
+    policy = policy_from(cfg, args.sign_key)
+    try:
+        if args.remove:
+            done = remove(args.bundle, args.task, policy)
+        else:
+            done = onboard(args.bundle, args.task, folder_images(args.images), policy, cfg.onboard.seed)
+    except OnboardError as exc:
+        print(f"linewatch-edge onboard: REFUSED: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(done.as_dict(), indent=2))
+    return EXIT_OK
+
+
+def _score_images(bundle: Any, backend: Any, paths: list[Path]) -> list[dict[str, Any]]:
+    """Each image's score and verdict at the bundle's threshold, as the runtime would judge it."""
+    import cv2
+
+    from linewatch.edge.inference.frame_scorer import FrameScorer
+
+    scorer = FrameScorer(bundle, backend)
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            out.append({"file": str(path), "error": "not a readable image"})
+            continue
+        score = scorer.score(image).score
+        out.append({"file": str(path), "score": round(score, 6), "anomalous": score >= bundle.threshold})
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(cfg.logging.level, cfg.logging.json_lines, cfg.logging.repeat_every_s)
     try:
-        return _run(args, cfg) if args.command == "run" else _verify(args, cfg)
+        return {"run": _run, "verify": _verify, "onboard": _onboard}[args.command](args, cfg)
     except Exception:
         log.exception("linewatch-edge failed")
         return EXIT_ERROR

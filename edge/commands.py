@@ -1,4 +1,8 @@
-"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot.
+"""Inbound commands on ``<root>/cmd/<verb>``: reload, set-threshold, snapshot, onboard.
+
+Parsing (JSON here, Sparkplug DCMD metrics in ``edge/publish/sparkplug/commands.py``) is kept apart
+from executing (``CommandHandler.execute``), so both payload modes run the same three commands, and
+a request checked against the same JSON Schema, with only the way the answer travels differing.
 
 Every request gets exactly one response: on ``<root>/cmd/<verb>/response``, or on the MQTT 5
 response topic of the request (with its correlation data echoed). A request is parsed and validated
@@ -13,10 +17,12 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import jsonschema
 
+from linewatch.edge.handshake import HandshakeError
 from linewatch.edge.inference.postprocess import frame_jpeg, overlay_jpeg
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.publish import payloads
@@ -25,8 +31,16 @@ from linewatch.edge.publish.mqtt import response_properties
 log = logging.getLogger(__name__)
 limited = RepeatLimiter(log)  # a client sending malformed commands in a loop must not flood the log
 
-VERBS = {"reload": "cmd_reload", "set-threshold": "cmd_set_threshold", "snapshot": "cmd_snapshot"}
+VERBS = {
+    "reload": "cmd_reload",
+    "set-threshold": "cmd_set_threshold",
+    "snapshot": "cmd_snapshot",
+    "trigger": "cmd_trigger",  # the PLC handshake of a triggered camera (edge/handshake.py)
+    "ack": "cmd_ack",
+    "onboard": "cmd_onboard",  # learn or remove a part on the box (edge/onboard/)
+}
 MAX_PAYLOAD = 64 * 1024
+MAX_PAYLOADS = {"onboard": 24 * 1024 * 1024}  # up to 8 base64 JPEGs
 
 
 class CommandError(ValueError):
@@ -41,8 +55,9 @@ def parse_command(verb: str, raw: bytes) -> dict[str, Any]:
     """Decode and validate one request; raise CommandError with a message fit for the reply."""
     if verb not in VERBS:
         raise CommandError(f"unknown command {verb!r}; known: {sorted(VERBS)}")
-    if len(raw) > MAX_PAYLOAD:
-        raise CommandError(f"payload too large ({len(raw)} bytes, max {MAX_PAYLOAD})")
+    limit = MAX_PAYLOADS.get(verb, MAX_PAYLOAD)
+    if len(raw) > limit:
+        raise CommandError(f"payload too large ({len(raw)} bytes, max {limit})")
     if not raw.strip():
         request: Any = {}
     else:
@@ -74,59 +89,130 @@ def _request_id(raw: bytes) -> str | None:
     return value if isinstance(value, str) and len(value) <= 200 else None
 
 
+class Reply(Protocol):
+    def __call__(self, error: str | None = None, result: dict[str, Any] | None = None) -> None: ...
+
+
+def _snapshot_topic(camera: Any, jpeg: bytes) -> str:
+    """JSON mode: the snapshot JPEG goes to ``<root>/snapshot``."""
+    topic = camera.topic("snapshot")
+    camera.link.send(topic, jpeg, qos=1)
+    return topic
+
+
 class CommandHandler:
     """Executes commands for the runtime. Called on a camera's MQTT thread: must not block."""
 
     def __init__(
-        self, reload: Callable[[str | None], dict[str, Any]], counters: dict[str, int] | None = None
+        self,
+        reload: Callable[[str | None], dict[str, Any]],
+        counters: dict[str, int] | None = None,
+        onboard: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
-        """``reload(path)`` swaps the model and returns the response's result (raises on failure)."""
+        """``reload(path)`` swaps the model and returns the response's result (raises on failure);
+        ``onboard(request)`` learns or removes a part and swaps the new version in (same contract)."""
         self._reload = reload
+        self._onboard = onboard
+        self._onboarding = threading.Lock()  # one onboarding at a time, whichever camera asked
         self.counters = counters if counters is not None else {"ok": 0, "error": 0}
 
     def handle(self, camera: Any, verb: str, raw: bytes, properties: Any) -> None:
+        """A JSON request from ``<root>/cmd/<verb>``: parse, execute, answer on the response topic."""
         try:
             request = parse_command(verb, raw)
         except CommandError as exc:
             limited.warning("command refused", camera.name, camera=camera.name, verb=verb, error=str(exc))
             self._respond(camera, verb, _request_id(raw), properties, error=str(exc))
             return
-        request_id = request.get("id")
+        self.execute(
+            camera, verb, request, partial(self._respond, camera, verb, request.get("id"), properties)
+        )
+
+    def execute(
+        self,
+        camera: Any,
+        verb: str,
+        request: dict[str, Any],
+        reply: Reply,
+        snapshot_to: Callable[[bytes], str] | None = None,
+    ) -> None:
+        """Run a validated request; ``reply(error=..., result=...)`` is called exactly once.
+
+        ``snapshot_to(jpeg)`` publishes a snapshot and says where (default: ``<root>/snapshot``).
+        """
         if verb == "set-threshold":
             camera.threshold = float(request["threshold"])
             camera.link.publish_status()
             log.info("threshold changed", extra={"camera": camera.name, "threshold": camera.threshold})
-            self._respond(camera, verb, request_id, properties, result={"threshold": camera.threshold})
+            reply(result={"threshold": camera.threshold})
         elif verb == "snapshot":
-            self._snapshot(camera, request, properties)
+            self._snapshot(camera, request, reply, snapshot_to or partial(_snapshot_topic, camera))
+        elif verb == "onboard":
+            if self._onboard is None:
+                reply(error="onboarding is not available here")
+            elif not self._onboarding.acquire(blocking=False):
+                reply(error="an onboarding is already running")
+            else:
+                threading.Thread(
+                    target=self._do_onboard, args=(request, reply), name="cmd-onboard", daemon=True
+                ).start()
         elif verb == "reload":
             # Verification + golden samples + warm-up take seconds: never on the MQTT thread.
             threading.Thread(
-                target=self._do_reload, args=(camera, request, properties), name="cmd-reload", daemon=True
+                target=self._do_reload, args=(request, reply), name="cmd-reload", daemon=True
             ).start()
+        elif verb in ("trigger", "ack"):
+            self._handshake(camera, verb, request, reply)
+        else:
+            reply(error=f"unknown command {verb!r}")
 
-    def _snapshot(self, camera: Any, request: dict[str, Any], properties: Any) -> None:
+    def _handshake(self, camera: Any, verb: str, request: dict[str, Any], reply: Reply) -> None:
+        gate = getattr(camera, "gate", None)
+        if gate is None:
+            reply(error=f"camera {camera.name!r} is not triggered (add it to [trigger] cameras)")
+            return
+        try:
+            if verb == "trigger":
+                tid = gate.trigger(int(request.get("recipe", 0)), source="mqtt")
+                reply(result={"trigger_id": tid, "recipe": int(request.get("recipe", 0))})
+            else:
+                reply(result=gate.ack(request.get("trigger_id")))
+        except HandshakeError as exc:
+            limited.warning("handshake refused", camera.name, camera=camera.name, error=str(exc))
+            reply(error=str(exc))
+
+    def _snapshot(
+        self, camera: Any, request: dict[str, Any], reply: Reply, publish: Callable[[bytes], str]
+    ) -> None:
         latest = camera.latest
         if latest is None:
-            self._respond(
-                camera, "snapshot", request.get("id"), properties, error="no frame has been scored yet"
-            )
+            reply(error="no frame has been scored yet")
             return
         frame, amap, frame_id = latest
         use_overlay = bool(request.get("overlay", False)) and amap is not None
         jpeg = overlay_jpeg(frame.image, amap) if use_overlay else frame_jpeg(frame.image)
-        topic = camera.topic("snapshot")
-        camera.link.send(topic, jpeg, qos=1)
-        result = {"frame_id": frame_id, "topic": topic, "bytes": len(jpeg), "overlay": use_overlay}
-        self._respond(camera, "snapshot", request.get("id"), properties, result=result)
+        topic = publish(jpeg)
+        reply(result={"frame_id": frame_id, "topic": topic, "bytes": len(jpeg), "overlay": use_overlay})
 
-    def _do_reload(self, camera: Any, request: dict[str, Any], properties: Any) -> None:
+    def _do_reload(self, request: dict[str, Any], reply: Reply) -> None:
         try:
             result = self._reload(request.get("bundle"))
         except Exception as exc:
-            self._respond(camera, "reload", request.get("id"), properties, error=str(exc))
+            reply(error=str(exc))
             return
-        self._respond(camera, "reload", request.get("id"), properties, result=result)
+        reply(result=result)
+
+    def _do_onboard(self, request: dict[str, Any], reply: Reply) -> None:
+        try:
+            assert self._onboard is not None
+            result = self._onboard(request)
+        except Exception as exc:
+            log.warning("onboarding refused", extra={"task": request.get("task"), "error": str(exc)})
+            reply(error=str(exc))
+            return
+        finally:
+            self._onboarding.release()
+        reply(result=result)
 
     def _respond(
         self,

@@ -23,7 +23,10 @@ from linewatch.contract.config_loader import LayeredSettings, load_settings
 from linewatch.contract.errors import ConfigError
 
 ENV_PREFIX = "LINEWATCH_EDGE_"
-BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
+BACKEND_NAMES = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu", "openvino")
+# OpenVINO is opt-in (`order = ["openvino", "ort-cpu"]` on an Intel box): a box with the package
+# installed keeps its tried order until its config says otherwise.
+DEFAULT_BACKEND_ORDER = ("tensorrt", "ort-tensorrt", "ort-cuda", "ort-cpu")
 FullPolicy = Literal["drop_oldest", "drop_newest", "block"]
 
 
@@ -61,6 +64,7 @@ class MqttConfig(_Section):
     reconnect_max_s: float = Field(30.0, gt=0)
     connect_timeout_s: float = Field(10.0, gt=0)
     inflight_window: int = Field(200, ge=1, le=65000)  # unacknowledged QoS1 messages handed to the socket
+    payload: Literal["json", "sparkplug"] = "json"  # sparkplug: Sparkplug B 3.0, see [sparkplug]
 
     @field_validator("url")
     @classmethod
@@ -92,6 +96,25 @@ class MqttConfig(_Section):
         if self.password_file is not None:
             return self.password_file.read_text(encoding="utf-8").splitlines()[0].strip()
         return None
+
+
+_SPARKPLUG_ID = r"^[^/+#\s]{1,64}$"
+
+
+class SparkplugConfig(_Section):
+    """Sparkplug B mode (``mqtt.payload = "sparkplug"``): ``spBv1.0/<group_id>/.../<edge_node_id>/<camera>``.
+
+    ``qos`` 1 (default) lets the broker's PUBACK delete a verdict from the outbox, which is the no-loss
+    guarantee; Sparkplug 3.0 asks QoS 0 for births and data, which ``qos = 0`` gives, at the price of
+    verdicts lost in an outage. ``rebirth_min_interval_s`` bounds how often births go out on
+    ``Node Control/Rebirth`` (a storm of requests is merged).
+    """
+
+    group_id: str = Field("linewatch", pattern=_SPARKPLUG_ID)
+    edge_node_id: str | None = Field(None, pattern=_SPARKPLUG_ID)  # default: the host name
+    qos: Literal[0, 1] = 1
+    heatmap: bool = False  # the overlay JPEG of anomalous frames as the Inspection/Heatmap bytes metric
+    rebirth_min_interval_s: float = Field(1.0, ge=0, le=3600)
 
 
 class TopicConfig(_Section):
@@ -148,7 +171,7 @@ class QueueConfig(_Section):
 class BackendConfig(_Section):
     """Inference backends, tried in order; unavailable ones are skipped with a logged reason."""
 
-    order: list[str] = Field(default_factory=lambda: list(BACKEND_NAMES))
+    order: list[str] = Field(default_factory=lambda: list(DEFAULT_BACKEND_ORDER))
     threads: int = Field(0, ge=0, le=256)  # onnxruntime intra-op threads, 0 = its default
     allow_spinning: bool = (
         False  # onnxruntime pool threads spin-wait: faster alone, steals CPU from other stages
@@ -156,6 +179,7 @@ class BackendConfig(_Section):
     precision: Literal["fp32", "fp16", "int8"] = "fp16"  # TensorRT engines built on the box
     workspace_mb: int = Field(1024, ge=16)
     warmup_runs: int = Field(2, ge=0, le=100)
+    openvino_device: str = "CPU"  # OpenVINO device for the `openvino` backend: CPU, GPU (iGPU), AUTO
 
     @field_validator("order")
     @classmethod
@@ -197,6 +221,58 @@ class ReloadConfig(_Section):
     watch_interval_s: float = Field(1.0, gt=0)
     key: Path | None = None  # public key (Ed25519) or HMAC secret; when set, unsigned bundles are refused
     require_signature: bool = False
+    # Box keys allowed to sign bank-only bundles (onboarded parts) on a base signed by `key`; explicit only.
+    box_keys: list[Path] = Field(default_factory=list)
+
+
+class OnboardConfig(_Section):
+    """Onboarding a part on the box (``onboard``, ``cmd/onboard``): the box's own signing key and limits."""
+
+    key: Path | None = None  # this box's private key; its public half must be in reload.box_keys
+    seed: int = 0
+    image_root: Path | None = None  # cmd/onboard may name folders under this one only (None: no folders)
+    max_image_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+
+class TriggerConfig(_Section):
+    """PLC trigger handshake (edge/handshake.py): which cameras score only on a trigger, and how long a
+    trigger waits for its frame and verdict before it counts as missed."""
+
+    cameras: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(5.0, gt=0, le=3600)
+
+
+OpcUaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
+
+
+class OpcUaConfig(_Section):
+    """OPC UA server on the box (edge/publish/opcua_server.py; needs linewatch[opcua]).
+
+    Anonymous sessions are off unless ``allow_anonymous`` (then read-only); users come from
+    ``users_file`` (``name:operator|viewer:password`` lines, keep it mode 0600). Secure policies need
+    ``certificate`` and ``private_key``; ``None`` is for a closed network.
+    """
+
+    enabled: bool = False
+    endpoint: str = "opc.tcp://0.0.0.0:4840/linewatch/"
+    namespace: str = "urn:linewatch:edge"
+    security_policies: list[OpcUaPolicy] = Field(default_factory=lambda: ["Basic256Sha256_SignAndEncrypt"])
+    certificate: Path | None = None
+    private_key: Path | None = None
+    users_file: Path | None = None
+    allow_anonymous: bool = False
+    write_timeout_s: float = Field(0.5, gt=0, le=10)  # the verdict waits this long for the server
+
+    @model_validator(mode="after")
+    def _secure_needs_keys(self) -> OpcUaConfig:
+        if not self.security_policies:
+            raise ValueError("security_policies: at least one")
+        secure = any(p != "None" for p in self.security_policies)
+        if self.enabled and secure and not (self.certificate and self.private_key):
+            raise ValueError("secure security_policies need certificate and private_key")
+        if self.enabled and not self.allow_anonymous and self.users_file is None:
+            raise ValueError("anonymous access is off: give users_file (or allow_anonymous = true)")
+        return self
 
 
 class CameraConfig(_Section):
@@ -229,6 +305,57 @@ class WatchdogConfig(_Section):
     stall_s: float = Field(30.0, gt=0)  # stop feeding the watchdog when inference made no progress this long
 
 
+class OperatorConfig(_Section):
+    """The operator page (``/operator`` on the metrics port). Off unless a credential is configured.
+
+    Credentials: ``token`` (with any name at login) or ``username`` + ``password``, both secrets from the
+    environment (``LINEWATCH_EDGE_OPERATOR__TOKEN``, ``..._PASSWORD``) or ``*_file``; or a reverse proxy
+    that authenticates and names the user in ``proxy_user_header`` (trusted only from ``proxy_from``).
+    Feedback files go only under ``drop_dir`` (false alarms, as good images) and ``review_dir`` (missed
+    defects); every action is appended to ``audit_log``.
+    """
+
+    token: SecretStr | None = None  # environment only
+    token_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None  # environment only
+    password_file: Path | None = None
+    proxy_user_header: str | None = None  # e.g. "X-Remote-User", set by an authenticating proxy
+    proxy_from: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    drop_dir: Path | None = None  # the refresh job's drop_dir
+    review_dir: Path | None = None  # the refresh job's review_dir
+    audit_log: Path = Path("linewatch-operator-audit.jsonl")
+    refresh_log: Path | None = None  # the refresh job's log: gate results in the model history
+    gallery: int = Field(12, ge=1, le=200)  # last N anomalous frames kept for the page
+    feedback_per_minute: int = Field(20, ge=1, le=1000)  # per user
+    session_hours: float = Field(12.0, gt=0)
+    max_fps: float = Field(4.0, gt=0, le=60)  # live updates pushed to each viewer per second at most
+
+    @staticmethod
+    def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+        if value is not None:
+            return value.get_secret_value() or None
+        if file is not None:
+            return file.read_text(encoding="utf-8").splitlines()[0].strip() or None
+        return None
+
+    def resolved_token(self) -> str | None:
+        return self._secret(self.token, self.token_file)
+
+    def resolved_password(self) -> str | None:
+        return self._secret(self.password, self.password_file)
+
+    @property
+    def configured(self) -> bool:
+        """True when some way to log in exists; without one the page refuses every request."""
+        return bool(
+            self.token is not None
+            or self.token_file is not None
+            or (self.username and (self.password is not None or self.password_file is not None))
+            or self.proxy_user_header
+        )
+
+
 class EdgeConfig(LayeredSettings):
     """Everything the edge runtime can be told. See the module docstring for precedence."""
 
@@ -241,6 +368,7 @@ class EdgeConfig(LayeredSettings):
 
     mqtt: MqttConfig = MqttConfig()
     topic: TopicConfig = TopicConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
     publish: PublishConfig = PublishConfig()
     queues: QueueConfig = QueueConfig()
     backend: BackendConfig = BackendConfig()
@@ -248,9 +376,13 @@ class EdgeConfig(LayeredSettings):
     outbox: OutboxConfig = OutboxConfig()
     metrics: MetricsConfig = MetricsConfig()
     reload: ReloadConfig = ReloadConfig()
+    onboard: OnboardConfig = OnboardConfig()
     camera: CameraConfig = CameraConfig()
+    trigger: TriggerConfig = TriggerConfig()
+    opcua: OpcUaConfig = OpcUaConfig()
     logging: LoggingConfig = LoggingConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    operator: OperatorConfig = OperatorConfig()
 
 
 def _refuse_password(values: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -260,6 +392,13 @@ def _refuse_password(values: dict[str, Any], path: Path) -> dict[str, Any]:
             f"mqtt.password: not allowed in the config file {path}; set {ENV_PREFIX}MQTT__PASSWORD "
             "or mqtt.password_file"
         )
+    operator = values.get("operator")
+    for key in ("token", "password"):
+        if isinstance(operator, dict) and key in operator:
+            raise ConfigError(
+                f"operator.{key}: not allowed in the config file {path}; set "
+                f"{ENV_PREFIX}OPERATOR__{key.upper()} or operator.{key}_file"
+            )
     return values
 
 

@@ -16,7 +16,9 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from linewatch.edge.inference.postprocess import find_regions, overlay_jpeg
 from linewatch.edge.model.manager import LoadedModel, ModelManager
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.observability.telemetry import Telemetry
+from linewatch.edge.operator.live import LiveView, Shown
 from linewatch.edge.publish import payloads
 from linewatch.edge.publish.outbox import Outbox
 
@@ -207,6 +210,11 @@ class PostprocessWorker(_Stage):
             telemetry,
         )
         self.models = models
+        # Payload mode: JSON by default; Sparkplug mode sets its own (edge/publish/sparkplug/wiring.py).
+        self.encode: Callable[[Camera, Frame, dict[str, Any], bytes | None], list[tuple[str, bytes, int]]]
+        self.encode = self.json_rows
+        self.on_verdict: Callable[[Camera, dict[str, Any]], None] | None = None  # OPC UA, before MQTT
+        self.live: LiveView | None = None  # the operator page's view, when it is served
         self.processed = 0
         self.errors = 0
         super().__init__("postprocess")
@@ -254,12 +262,21 @@ class PostprocessWorker(_Stage):
             frame, cam.name, item.model, score=score, threshold=threshold, anomalous=anomalous,
             task=item.task, regions=regions, latency_ms=latency, heatmap=heatmap is not None, error=error,
         )  # fmt: skip
-        messages: list[tuple[str, bytes, int]] = []
-        if cfg.mode == "every_frame" or anomalous:
-            messages.append((cam.topic("result"), payloads.dumps(body), 1))
-            if heatmap is not None:
-                messages.append((cam.topic("heatmap"), heatmap, 1))
+        messages = self.encode(cam, frame, body, heatmap) if cfg.mode == "every_frame" or anomalous else []
+        if cam.gate is not None:
+            cam.gate.complete(frame, anomalous, len(regions), score)
+        if self.on_verdict is not None:
+            try:
+                self.on_verdict(cam, body)
+            except Exception as exc:  # an OPC UA fault must never cost the MQTT verdict
+                limited.error("verdict listener failed", cam.name, camera=cam.name, error=str(exc))
         cam.latest = (frame, amap, frame.frame_id)
+        if self.live is not None:
+            tasks = item.model.bundle.tasks
+            self.live.record(Shown(
+                cam.name, frame.frame_id, frame.image, amap, score, threshold, anomalous, regions,
+                item.model.ref(), tasks[item.task] if 0 <= item.task < len(tasks) else None,
+            ))  # fmt: skip
         cam.summary.add(frame.frame_id, score, anomalous)
         image_mark = (cam.uri, *frame.mark) if frame.mark is not None else None
         ids = self.outbox.add_many(cam.name, messages, image_mark) if messages else []
@@ -273,6 +290,16 @@ class PostprocessWorker(_Stage):
             if cam.link is not None:
                 cam.link.wake()
         self._account(cam, item, frame, post_ms, anomalous)
+
+    @staticmethod
+    def json_rows(
+        cam: Camera, frame: Frame, body: dict[str, Any], heatmap: bytes | None
+    ) -> list[tuple[str, bytes, int]]:
+        """JSON mode: ``<root>/result`` and, for an anomaly, ``<root>/heatmap`` (DESIGN.md)."""
+        messages = [(cam.topic("result"), payloads.dumps(body), 1)]
+        if heatmap is not None:
+            messages.append((cam.topic("heatmap"), heatmap, 1))
+        return messages
 
     def _account(self, cam: Camera, item: Scored, frame: Frame, post_ms: float, anomalous: bool) -> None:
         t = self.telemetry
@@ -295,8 +322,8 @@ class PostprocessWorker(_Stage):
             cam.source.stop()
 
     def _summaries(self, force: bool = False) -> None:
-        if self.cfg.publish.mode != "anomalies":
-            return
+        if self.cfg.publish.mode != "anomalies" or self.cfg.mqtt.payload != "json":
+            return  # Sparkplug mode: the counters are device metrics, sent by exception
         now = time.monotonic()
         for cam in self.cameras.values():
             s = cam.summary

@@ -33,6 +33,8 @@ from linewatch.edge.observability import sdnotify
 from linewatch.edge.observability.logs import RepeatLimiter
 from linewatch.edge.observability.stats import STAGES
 from linewatch.edge.observability.telemetry import MetricsServer, Telemetry
+from linewatch.edge.operator.app import OperatorApp
+from linewatch.edge.operator.live import LiveView
 from linewatch.edge.publish import payloads
 from linewatch.edge.publish.mqtt import MqttLink
 from linewatch.edge.publish.outbox import Outbox
@@ -83,13 +85,24 @@ class EdgeRuntime:
             for name, uri in zip(names, sources, strict=True)
         ]
         self.by_name = {c.name: c for c in self.cameras}
+        unknown = sorted(set(cfg.trigger.cameras) - set(self.by_name))
+        if unknown:
+            raise ValueError(f"[trigger] cameras {unknown} are not among the cameras {names}")
         self.results: BoundedQueue[Scored] = BoundedQueue(cfg.queues.results, cfg.queues.results_policy)
-        self.commands = CommandHandler(self._reload)
+        self.commands = CommandHandler(self._reload, onboard=self._onboard)
         self.inference = InferenceWorker(self.cameras, self.models, self.results, cfg, self.telemetry)
         self.postprocess = PostprocessWorker(
             self.by_name, self.results, self.outbox, cfg, self.telemetry, self.models
         )
+        self.sparkplug: Any = None  # SparkplugEdge in mqtt.payload = "sparkplug" mode
+        if cfg.mqtt.payload == "sparkplug":
+            from linewatch.edge.publish.sparkplug.wiring import SparkplugEdge  # protobuf: [sparkplug] extra
+
+            self.sparkplug = SparkplugEdge(self)
+            self.postprocess.encode = self.sparkplug.result_rows
+        self.opcua: Any = None  # OpcUaServer when [opcua] enabled
         self.server: MetricsServer | None = None
+        self.operator: OperatorApp | None = None
         self.stopping = threading.Event()
         self._stopped = False
         self._started = False
@@ -104,6 +117,10 @@ class EdgeRuntime:
         self._started = True
         self.telemetry.set_model(model.name, model.version, model.backend_name)
         for cam in self.cameras:
+            if cam.gate is not None:
+                cam.gate.recipes = max(1, len(model.bundle.tasks))
+                cam.gate.listeners.append(partial(self._handshake_changed, cam))
+        for cam in [] if self.sparkplug else self.cameras:
             cam.link = MqttLink(
                 self.cfg.mqtt,
                 cam.name,
@@ -114,15 +131,32 @@ class EdgeRuntime:
                 on_delivered=partial(self._delivered, cam),
             )
             cam.link.start()
+        if self.sparkplug:
+            self.sparkplug.start()
+        for cam in self.cameras:
+            if cam.gate is not None:
+                self._handshake_changed(cam, cam.gate.snapshot())  # the retained idle state
+        if self.cfg.opcua.enabled:
+            from linewatch.edge.publish.opcua_server import OpcUaServer  # asyncua: [opcua] extra
+
+            self.opcua = OpcUaServer(self.cfg.opcua, self.cameras)
+            self.opcua.start()
+            self.postprocess.on_verdict = self.opcua.verdict
+            self._opcua_state()
         self.postprocess.start()
         self.inference.start()
         for cam in self.cameras:
             cam.source.start()
         self.models.start_watching()
         if self.cfg.metrics.port is not None:
+            live = LiveView(self.cfg.operator.gallery)
+            self.operator = OperatorApp(self.cfg.operator, self, live, self.cfg.operator.refresh_log)
+            self.operator.state.model_swapped(model.name, model.version, model.backend_name)
+            self.postprocess.live = live if self.operator.auth.enabled else None
             self.server = MetricsServer(
-                self.telemetry, self.cfg.metrics.host, self.cfg.metrics.port, self.healthy
-            )
+                self.telemetry, self.cfg.metrics.host, self.cfg.metrics.port, self.healthy,
+                self.operator.handle,
+            )  # fmt: skip
             self.server.start()
         self._loop_thread.start()
         sdnotify.notify(f"READY=1\nSTATUS=serving {model.name} v{model.version} on {model.backend_name}")
@@ -173,6 +207,10 @@ class EdgeRuntime:
         if self._loop_thread.is_alive():
             self._loop_thread.join(5)
         self.models.stop()
+        if self.opcua is not None:
+            self.opcua.stop()
+        if self.operator is not None:
+            self.operator.stop()
         if self.server is not None:
             self.server.stop()
         left = self.outbox.depth()
@@ -206,8 +244,18 @@ class EdgeRuntime:
             state["error"] = box.last_error
         return state
 
+    def _opcua_state(self) -> None:
+        if self.opcua is None:
+            return
+        error = self.models.last_error
+        for cam in self.cameras:
+            self.opcua.state(cam, self.models.loaded, f"error: {error}" if error else "online")
+
     def _model_changed(self, model: LoadedModel) -> None:
         self.telemetry.set_model(model.name, model.version, model.backend_name)
+        self._opcua_state()
+        if self.operator is not None:
+            self.operator.state.model_swapped(model.name, model.version, model.backend_name)
         for cam in self.cameras:
             if cam.link is not None:
                 cam.link.publish_status()
@@ -222,8 +270,35 @@ class EdgeRuntime:
         model = self.models.reload(path)
         return {"model": model.ref(), "backend": model.backend_name, "golden": model.report.as_dict()}
 
+    def _onboard(self, request: dict[str, Any]) -> dict[str, Any]:
+        """cmd/onboard: a new version in the store, swapped in here; on failure `current` goes back."""
+        from linewatch.contract.store import point_current, store_target
+        from linewatch.edge.onboard.service import run_request
+
+        store = self.models.store
+        if store is None:
+            raise ValueError("onboarding needs the edge to run on a bundle store (--bundle STORE)")
+        previous = store_target(store)
+        done = run_request(store, self.cfg, request)
+        try:
+            model = self.models.reload(done.path)
+        except Exception:
+            point_current(store, previous.name)
+            raise
+        return {**done.as_dict(), "model": model.ref(), "golden": model.report.as_dict()}
+
     def _command(self, cam: Camera, verb: str, raw: bytes, properties: Any) -> None:
         self.commands.handle(cam, verb, raw, properties)
+
+    def _handshake_changed(self, cam: Camera, snapshot: dict[str, Any]) -> None:
+        """A triggered camera's handshake moved: retained ``<root>/handshake`` (JSON) or metrics."""
+        if cam.link is None:
+            return
+        if self.sparkplug is not None:
+            cam.link.publish_status()
+            return
+        body = payloads.dumps(payloads.handshake_payload(snapshot))
+        cam.link.send(cam.topic("handshake"), body, qos=1, retain=True)
 
     def _delivered(self, cam: Camera, row_id: int) -> None:
         mark = cam.marks.pop(row_id, None)
@@ -308,8 +383,10 @@ class EdgeRuntime:
         for cam in self.cameras:
             body = self.metrics_payload(cam, period)
             self._export_gauges(cam, body)
-            if cam.link is not None:
+            if cam.link is not None and self.sparkplug is None:
                 cam.link.send(cam.topic("metrics"), payloads.dumps(body), qos=0)
+        if self.sparkplug is not None and self.sparkplug.link is not None:
+            self.sparkplug.link.publish_status()  # counters, latencies, outbox: by exception
         t = self.telemetry
         t.queue_depth.labels("results").set(len(self.results))
         t.drops.labels("results").set(self.results.dropped)
@@ -324,12 +401,16 @@ class EdgeRuntime:
                 if cam.link is not None:
                     cam.link.publish_status()
         t.reload_failures.set(self.models.reload_failures)
+        self._opcua_state()
 
     def _periodic(self) -> None:
         watchdog = sdnotify.watchdog_interval() if self.cfg.watchdog.enabled else None
         tick = min(self.cfg.metrics.period_s, watchdog or self.cfg.metrics.period_s, 1.0)
         next_metrics = time.monotonic() + self.cfg.metrics.period_s
         while not self.stopping.wait(tick):
+            for cam in self.cameras:
+                if cam.gate is not None:
+                    cam.gate.tick()  # a trigger with no frame or verdict in time is a missed one
             if watchdog is not None and self.healthy()[0]:
                 sdnotify.notify("WATCHDOG=1")
             if time.monotonic() >= next_metrics:

@@ -53,7 +53,9 @@ from linewatch.contract.manifest import (
 from linewatch.contract.store import bundles_in, versions_of
 from linewatch.edge.model import signing
 from linewatch.edge.model.bundle import Bundle, open_bundle
+from linewatch.export import quantize
 from linewatch.export.checks import CheckLimits, StaticReport, run_static_checks
+from linewatch.export.engines import build_engines
 from linewatch.export.graph_structure import structure_sha256
 from linewatch.export.onnx_export import ExportError, OnnxExport, export_onnx
 from linewatch.export.parity import ParityReport, compare, ort_infer, ort_session, torch_infer
@@ -251,11 +253,13 @@ def write_bundle(
     exporter: str = "auto",
     limits: CheckLimits | None = None,
     store: str | os.PathLike[str] | None = None,
+    int8_calibration: np.ndarray | None = None,
 ) -> WrittenBundle:
     """Export, check, prove and write a bundle at `out` (a directory); return what was written.
 
     `store` is the bundle store the bundle will be published into: versions count from it and a
-    bank-only refresh finds its base there.
+    bank-only refresh finds its base there. `int8_calibration` (training frames) makes the
+    model an INT8 graph (`export/quantize.py`); a bank-only refresh follows its base's precision.
     """
     t0 = time.perf_counter()
     out = Path(out).resolve()
@@ -318,6 +322,7 @@ def write_bundle(
             exporter=exporter,
             limits=limits,
             cache_dir=out.parent,
+            int8_calibration=int8_calibration,
         )
         manifest = write_manifest(tmp, manifest, signing.signer(key) if key is not None else None)
         # The edge's own reader is the final judge of what we wrote.
@@ -352,13 +357,17 @@ def _build(
     exporter: str,
     limits: CheckLimits | None,
     cache_dir: Path,
+    int8_calibration: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], ParityReport, StaticReport | None, OnnxExport | None]:
     """Fill `tmp` with every file but the manifest; return the manifest (files not yet hashed) and the proofs."""
     h, w = graph.input_hw
     static: StaticReport | None = None
     onnx_info: OnnxExport | None = None
+    quant: dict[str, Any] | None = None
     if base_bundle is None:
         onnx_info = export_onnx(graph, tmp / MODEL_NAME, max_batch=max_batch, opset=opset, exporter=exporter)
+        if int8_calibration is not None:
+            quant = quantize.replace_with_int8(tmp / MODEL_NAME, graph.data_inputs, int8_calibration)
         static = run_static_checks(tmp / MODEL_NAME, max_batch, limits)
         try:
             static.raise_for_failures()
@@ -373,7 +382,10 @@ def _build(
             onnx_info = export_onnx(
                 graph, probe, max_batch=base_bundle.max_batch, opset=opset, exporter=exporter
             )
-            if sha256_file(probe) != base_bundle.graph_sha256:
+            quant = base_bundle.manifest.get("quantization")
+            if sha256_file(probe) != quantize.fp32_graph_sha256(
+                base_bundle.manifest, base_bundle.graph_sha256
+            ):
                 raise ExportError(
                     "this run's scoring graph differs from the base bundle's model.onnx (weights, code "
                     "or export settings changed): a bank-only refresh is not possible, do a full export"
@@ -381,16 +393,20 @@ def _build(
         graph_path = base_bundle.onnx_path
 
     data_entries = write_data_inputs(tmp, graph.data_inputs)
+    extra = _method_manifest(graph, tmp, golden, opset, base_bundle)
 
     # Golden samples: torch is the reference; the ONNX graph (fed these arrays) must agree.
     reference = torch_infer(graph, golden, batch_size=max_batch)
     session = ort_session(graph_path)
     onnx_out = ort_infer(session, dict(graph.data_inputs), golden, batch_size=max_batch)
-    parity = compare(reference, onnx_out, ATOL_SCORE, ATOL_MAP)
+    # INT8: the graph's own outputs are golden (own tolerances); its drift from FP32 is bounded.
+    tol, golden_out = (quantize.GOLDEN_ATOL, onnx_out) if quant else ((ATOL_SCORE, ATOL_MAP), reference)
+    parity = compare(reference, onnx_out, *(quantize.FP32_DRIFT if quant else tol))
     if not parity.ok:
         raise ExportError(f"ONNX graph disagrees with torch on the golden frames, bundle refused: {parity}")
+    quant = {**quant, "fp32_parity": parity.as_dict()} if quant else None
     golden_entry = write_golden(
-        tmp, golden, reference, atol_score=ATOL_SCORE, atol_map=ATOL_MAP, source=info.golden_source
+        tmp, golden, golden_out, atol_score=tol[0], atol_map=tol[1], source=info.golden_source
     )
 
     # Trained methods retrain their weights on every refresh: their engines are built
@@ -401,8 +417,19 @@ def _build(
     }
     engines: list[dict[str, Any]] = []
     if tensorrt:
-        engines = _build_engines(
-            tmp, graph, golden, reference, max_batch, precisions, workspace_bytes, cache_dir, refit
+        if quant is not None:
+            raise ExportError("--int8 with --tensorrt: build INT8 engines from the QDQ graph on the box")
+        engines = build_engines(
+            tmp,
+            graph,
+            golden,
+            reference,
+            max_batch,
+            precisions,
+            workspace_bytes,
+            cache_dir,
+            refit,
+            (ATOL_SCORE, ATOL_MAP),
         )
 
     provenance = dict(info.provenance)
@@ -411,7 +438,7 @@ def _build(
         name=info.name,
         version=version,
         method=info.method,
-        tasks=info.tasks,
+        tasks=extra.pop("slot_tasks", info.tasks),
         input_hw=(h, w),
         max_batch=max_batch,
         data_inputs=data_entries,
@@ -425,6 +452,7 @@ def _build(
         provenance=provenance,
         metrics=info.metrics,
         refit=refit,
+        **({"quantization": quant} if quant else {}),
         bank_only=(
             {"base_version": base_bundle.version, "graph_sha256": base_bundle.graph_sha256}
             if base_bundle
@@ -435,50 +463,26 @@ def _build(
             "golden_parity": parity.as_dict(),
             "static_checks": static.as_manifest() if static else None,
         },
+        **extra,
     )
     return manifest, parity, static, onnx_info
 
 
-def _build_engines(
-    tmp: Path,
-    graph: ScoringGraph,
-    golden: np.ndarray,
-    reference: tuple[np.ndarray, np.ndarray, np.ndarray],
-    max_batch: int,
-    precisions: tuple[str, ...],
-    workspace_bytes: int,
-    cache_dir: Path,
-    refit: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Build one plan per precision, check each on the golden frames, return manifest entries."""
-    from linewatch.edge.model import trt_build
+def _method_manifest(
+    graph: ScoringGraph, tmp: Path, golden: np.ndarray, opset: int, base_bundle: Bundle | None
+) -> dict[str, Any]:
+    """Manifest sections a method adds (`graph.meta["manifest"]`), and its embedding graph.
 
-    ok, reason = trt_build.tensorrt_available()
-    if not ok:
-        raise ExportError(f"--tensorrt: {reason}")
-    info = trt_build.runtime_info()
-    entries = []
-    for precision in precisions:
-        plan = tmp / trt_build.plan_filename(precision, info)
-        entry = trt_build.build_engine(
-            tmp / MODEL_NAME,
-            plan,
-            max_batch=max_batch,
-            precision=precision,
-            workspace_bytes=workspace_bytes,
-            refittable=refit["refittable"],
-            structure_sha256=refit["structure_sha256"],
-            timing_cache=cache_dir / f".{trt_build.timing_cache_name(info)}",
-        )
-        from linewatch.export.trt_verify import engine_infer
+    A few-shot graph carries `graph.embedding` (frames -> patch features): a full bundle gets it
+    as `embed.onnx`; a bank-only refresh uses its base's, which the base's hash already covers.
+    """
+    extra = dict(graph.meta.get("manifest") or {})
+    embedding = graph.embedding
+    if embedding is not None and base_bundle is None:
+        from linewatch.contract.fewshot import EMBED_NAME
+        from linewatch.export.embedding import export_embedding
 
-        outs = engine_infer(plan, dict(graph.data_inputs), golden, max_batch)
-        # FP16 engines get the same tolerance: the edge applies it too, so fail early here.
-        parity = compare(reference, outs, ATOL_SCORE, ATOL_MAP)
-        if not parity.ok:
-            raise ExportError(
-                f"{precision} TensorRT engine disagrees with torch on the golden frames: {parity}"
-            )
-        entry["golden_parity"] = parity.as_dict()
-        entries.append(entry)
-    return entries
+        err = export_embedding(embedding, tmp / EMBED_NAME, golden, opset)
+        if "fewshot" in extra:
+            extra["fewshot"] = {**extra["fewshot"], "embedding_parity": err}
+    return extra

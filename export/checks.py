@@ -117,8 +117,15 @@ def _load(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
 
 
 def _constant_names(model: onnx.ModelProto) -> set[str]:
+    """Initializers, Constant outputs, and DequantizeLinear of constants: the parser takes a
+    quantised weight (an INT8 graph's `initializer -> DequantizeLinear -> Conv`) as a constant."""
     names = {i.name for i in model.graph.initializer}
     names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    names.update(
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and all(i in names for i in n.input if i)
+    )
     return names
 
 

@@ -1,6 +1,6 @@
 """`linewatch-export`: a trainer run -> a signed, verified model bundle.
 
-    linewatch-export --run RUN_DIR --out BUNDLE_DIR [--tensorrt] [--fp16] [--sign-key FILE]
+    linewatch-export --run RUN_DIR --out BUNDLE_DIR [--tensorrt] [--fp16] [--int8] [--sign-key FILE]
                      [--bank-only [--base BUNDLE]] [--store DIR] [--max-batch N]
                      [--version N] [--tar] [--name NAME] [--task TASK]
     linewatch-export keygen --out KEY_DIR [--hmac]
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "--tensorrt", action="store_true", help="also build TensorRT engines (needs an NVIDIA GPU)"
     )
     p.add_argument("--fp16", action="store_true", help="with --tensorrt: build an FP16 engine besides FP32")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="INT8 graph (QDQ backbone, calibrated on training images); golden samples get INT8 tolerances",
+    )
+    p.add_argument("--int8-frames", type=int, default=32, help="with --int8: calibration frames")
     p.add_argument("--sign-key", type=Path, help="Ed25519 private key (PEM) or HMAC secret file")
     p.add_argument(
         "--bank-only", action="store_true", help="refresh bundle: data arrays only, reuses a base graph"
@@ -93,6 +99,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.print_usage(sys.stderr)
         print("linewatch-export: --base only makes sense with --bank-only", file=sys.stderr)
         return 2
+    if args.int8 and (args.tensorrt or args.bank_only):
+        print(
+            "linewatch-export: --int8 makes a new graph: not with --bank-only (a refresh keeps its base's "
+            "precision) nor --tensorrt (boxes build INT8 engines from the QDQ graph)",
+            file=sys.stderr,
+        )
+        return 2
     if args.max_batch < 1 or not 1 <= args.golden <= 8:
         print("linewatch-export: --max-batch must be >= 1 and --golden in 1..8", file=sys.stderr)
         return 2
@@ -102,12 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from linewatch.export.bundle_writer import write_bundle
     from linewatch.export.checks import CheckLimits
     from linewatch.export.onnx_export import ExportError
-    from linewatch.export.run_source import load_run_for_export
+    from linewatch.export.run_source import calibration_frames, load_run_for_export
 
     t0 = time.perf_counter()
     try:
         run = load_run_for_export(args.run, task=args.task, name=args.name, n_golden=args.golden)
         precisions = ("fp32", "fp16") if args.fp16 else ("fp32",)
+        int8 = calibration_frames(run.info, run.graph.input_hw, args.int8_frames) if args.int8 else None
         written = write_bundle(
             run.graph,
             args.out,
@@ -126,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             exporter=args.exporter,
             limits=CheckLimits(max_top_k_bytes=args.max_intermediate_mb * 2**20),
             store=args.store,
+            int8_calibration=int8,
         )
     except (ExportError, BundleError, SignatureError, OSError, ValueError) as e:
         print(f"linewatch-export: refused: {e}", file=sys.stderr)
@@ -135,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = "bank-only refresh" if m.get("bank_only") else "bundle"
     print(f"{kind} {m['model']['name']} v{m['model']['version']} -> {written.path}")
     print(f"  golden parity (torch vs onnxruntime): {written.parity}")
+    if "quantization" in m:
+        q = m["quantization"]
+        print(
+            f"  INT8: {q['format']}, {q['calibration_frames']} calibration frames; golden tolerances "
+            f"score {m['golden']['atol_score']}, map {m['golden']['atol_map']}"
+        )
     if written.static is not None:
         for r in written.static.results:
             print(f"  check {r.name}: {'ok' if r.ok else 'FAILED'}: {r.detail}")

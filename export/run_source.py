@@ -116,6 +116,36 @@ def _framed(geometry: dict[str, Any], input_hw: tuple[int, int]) -> bool:
     return Geometry.from_dict(geometry, input_hw).framed
 
 
+def calibration_frames(info: BundleInfo, input_hw: tuple[int, int], n: int = 32, seed: int = 0) -> np.ndarray:
+    """Up to `n` model inputs from the tasks' TRAINING images (INT8 calibration), tasks in turn.
+
+    A seeded choice of images per task; with a tile geometry every tile of them is a candidate.
+    Raises ExportError when no task's data is readable here (INT8 needs real frames).
+    """
+    from linewatch.contract.geometry import Geometry
+    from linewatch.trainer.data import image_size, read_images
+
+    sources = info.provenance.get("data") or {}
+    rng = np.random.default_rng(seed)
+    per_task = max(1, -(-n // max(1, len(info.tasks))))
+    picks: list[Path] = []
+    for task in info.tasks:
+        split = _task_samples(sources[task], task) if sources.get(task) else None
+        if split is not None and split.train:
+            order = rng.permutation(len(split.train))[:per_task]
+            picks.extend(split.train[i].path for i in order)
+    if not picks:
+        raise ExportError(f"--int8 needs the training images of {info.tasks} on this machine to calibrate")
+    geometry = info.geometry
+    if geometry is None or geometry.get("mode", "resize") == "resize":
+        return read_images(picks, input_hw)[:n]
+    g = Geometry.from_dict(geometry, input_hw)
+    frames = read_images(picks, g.frame_hw or image_size(picks[0]))
+    plan = g.plan(frames.shape[1:3])
+    tiles = np.concatenate([plan.cut(f) for f in frames])
+    return tiles[np.sort(rng.permutation(len(tiles))[:n])]
+
+
 def synthetic_golden(input_hw: tuple[int, int], n: int = 3, seed: int = 0) -> np.ndarray:
     """Deterministic textured frames, for runs whose data is not on this machine."""
     from linewatch.export.toy import toy_frames

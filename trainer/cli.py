@@ -118,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from linewatch.trainer.methods.efficientad.distill_cli import add_arguments as add_distill_arguments
 
+    ext = sub.add_parser(
+        "train-extractor",
+        help="few-shot: SimSiam fine-tuning of a backbone on good images of many tasks (for --backbone-weights)",
+    )
+    ext.add_argument("--data", required=True, help="FORMAT:ROOT of the tasks (only train/good is read)")
+    ext.add_argument("--tasks", required=True, type=_tasks, help="comma-separated tasks to aggregate")
+    ext.add_argument("--out", required=True, type=Path, help="weights file; its record goes to OUT.json")
+    ext.add_argument("--backbone", default="tf_efficientnet_lite0")
+    ext.add_argument("--image-size", type=_size, default=(224, 224))
+    ext.add_argument("--steps", type=int, default=300)
+    ext.add_argument("--batch", type=int, default=16)
+    ext.add_argument("--lr", type=float, default=1e-4)
+    ext.add_argument("--seed", type=int, default=0)
     dist = sub.add_parser("distill-teacher", help="distil EfficientAD's PDN teacher offline, cached")
     add_distill_arguments(dist)
     return p
@@ -216,6 +229,16 @@ def main(argv: list[str] | None = None) -> int:
             from linewatch.trainer.methods.efficientad.distill_cli import run as distill_run
 
             return distill_run(args)
+        if args.command == "train-extractor":
+            from linewatch.trainer.simsiam import SimSiamConfig, train_extractor
+
+            scfg = SimSiamConfig(
+                backbone=args.backbone, image_size=args.image_size, steps=args.steps, batch=args.batch,
+                lr=args.lr, seed=args.seed,
+            )  # fmt: skip
+            record = train_extractor(args.data, args.tasks, args.out, scfg)
+            print(f"extractor written to {args.out} (record {args.out}.json, {record['seconds']} s)")
+            return 0
         if args.command == "fit":
             cfg = load_config(
                 args.config,

@@ -203,6 +203,7 @@ class RefreshConfig(LayeredSettings):
     run_dir: Path
     data: str
     drop_dir: Path
+    review_dir: Path | None = None  # operator-reported missed defects: <task>/test/<defect>/*, test set only
     sign_key: Path
     verify_key: Path | None = None
     log_path: Path = Path("/var/log/linewatch/refresh.jsonl")
@@ -253,7 +254,7 @@ class RefreshConfig(LayeredSettings):
 def _resolve_relative(data: dict[str, Any], file: Path) -> dict[str, Any]:
     """Make path keys in the file relative to the file's folder, as people expect."""
     base = file.resolve().parent
-    path_keys = {"run_dir", "drop_dir", "sign_key", "verify_key", "log_path", "lock_path"}
+    path_keys = {"run_dir", "drop_dir", "review_dir", "sign_key", "verify_key", "log_path", "lock_path"}
     out = dict(data)
     for key in path_keys & out.keys():
         if isinstance(out[key], str) and not os.path.isabs(out[key]):
@@ -311,6 +312,7 @@ def preflight(cfg: RefreshConfig, command: str) -> None:
             need_file("run_dir", cfg.run_dir / "metrics.json")
         need_dir("data", cfg.data_root)
         need_dir("drop_dir", cfg.drop_dir)
+        need_dir("review_dir", cfg.review_dir)
         need_file("sign_key", cfg.sign_key)
         need_file("verify_key", cfg.public_key)
         roots = [cfg.run_dir.resolve(), cfg.data_root.resolve(), cfg.drop_dir.resolve()]

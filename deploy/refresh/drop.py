@@ -8,6 +8,12 @@ Two kinds of drop are understood, both in the MVTec AD folder layout:
   whole new product. It needs test images, good and defective, or the gate could
   not measure it.
 
+A third, optional folder holds what the operator page reported as missed defects:
+`<review>/<known task>/test/<defect>/*.png` (`review_dir`, scanned by `scan_review`). Those images
+are moved with the drop into the dataset's test set of that task, so the evaluation before and
+after the update (and so the gate) measures the model on them; they never train it, and alone they
+do not start a refresh (nothing would change for them to measure).
+
 The trainer records where each task was learned from and re-reads earlier tasks
 from there on every later update, so it must be given the real dataset path, never
 a temporary view. The new files are therefore moved into the dataset before
@@ -30,7 +36,16 @@ from typing import Any
 
 from linewatch.deploy.refresh.fsutil import fsync_dir, fsync_file
 
-__all__ = ["IMAGE_EXTENSIONS", "DropItem", "DropScan", "apply_drop", "read_journal", "scan_drop", "undo_drop"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DropItem",
+    "DropScan",
+    "apply_drop",
+    "read_journal",
+    "scan_drop",
+    "scan_review",
+    "undo_drop",
+]
 
 # Same set as trainer.data.samples (not imported: the refresh job must not pull torch in).
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -59,15 +74,18 @@ class DropItem:
 class DropScan:
     added: dict[str, list[DropItem]] = field(default_factory=dict)
     new_tasks: dict[str, list[DropItem]] = field(default_factory=dict)
+    review: dict[str, list[DropItem]] = field(default_factory=dict)  # test defects of known tasks
     ignored: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
+        """Nothing to learn; review images alone wait for the next drop with something to train."""
         return not self.added and not self.new_tasks
 
     @property
     def items(self) -> list[DropItem]:
         out = [item for items in self.added.values() for item in items]
+        out += [item for items in self.review.values() for item in items]
         return out + [item for items in self.new_tasks.values() for item in items]
 
     @property
@@ -83,6 +101,7 @@ class DropScan:
         return {
             "added_images": {task: len(items) for task, items in sorted(self.added.items())},
             "new_tasks": {task: len(items) for task, items in sorted(self.new_tasks.items())},
+            "review_defects": {task: len(items) for task, items in sorted(self.review.items())},
             "ignored": list(self.ignored),
         }
 
@@ -183,6 +202,49 @@ def scan_drop(
             _scan_known(entry, dataset_root, settle_s, now, tag, scan)
         else:
             _scan_new(entry, dataset_root, settle_s, now, scan)
+    return scan
+
+
+def scan_review(
+    review_dir: Path,
+    known_tasks: list[str],
+    dataset_root: Path,
+    scan: DropScan,
+    *,
+    settle_s: float = 60.0,
+    now: float | None = None,
+    tag: str | None = None,
+) -> DropScan:
+    """Add `<review>/<known task>/test/<defect>/` images to `scan.review` (dataset test defects)."""
+    now = time.time() if now is None else now
+    tag = tag or time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    if not Path(review_dir).is_dir():
+        return scan
+    for entry in sorted(Path(review_dir).iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir() or entry.name not in known_tasks:
+            scan.ignored.append(f"{entry}: review images are taken only for a task the model knows")
+            continue
+        test = entry / "test"
+        defects = (
+            [d for d in sorted(test.iterdir()) if d.is_dir() and d.name != "good"] if test.is_dir() else []
+        )
+        taken: set[Path] = set()
+        for defect in defects:
+            if not _TASK_NAME.match(defect.name):
+                scan.ignored.append(f"{defect}: not a usable defect folder name")
+                continue
+            for path in _images(defect):
+                if now - path.stat().st_mtime < settle_s:
+                    scan.ignored.append(
+                        f"{path}: modified less than {settle_s:g}s ago, left for the next run"
+                    )
+                    continue
+                dest = _unique_dest(
+                    dataset_root, Path(entry.name, "test", defect.name, path.name), tag, taken
+                )
+                scan.review.setdefault(entry.name, []).append(DropItem(path, dest))
     return scan
 
 

@@ -1,7 +1,8 @@
 """The scheduled refresh, step by step.
 
     lock -> scan drop -> copy run -> move drop into dataset (journaled) -> eval (before)
-         -> train update -> eval (after) -> gate -> export (signed) -> verify -> publish
+         -> train update -> eval (after) -> gate -> export (signed) -> verify (and score the
+         operator's false alarms: all must now pass) -> publish
          -> confirm -> swap run dir -> prune old bundles
 
 Training works on a copy of the run in a hidden workspace next to the run directory;
@@ -21,13 +22,22 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from linewatch.contract.feedback import is_feedback
 from linewatch.deploy.refresh.codes import Exit
 from linewatch.deploy.refresh.config import RefreshConfig
 from linewatch.deploy.refresh.confirm import wait_for_version
-from linewatch.deploy.refresh.drop import DropScan, apply_drop, read_journal, scan_drop, undo_drop
+from linewatch.deploy.refresh.drop import (
+    DropScan,
+    apply_drop,
+    read_journal,
+    scan_drop,
+    scan_review,
+    undo_drop,
+)
 from linewatch.deploy.refresh.fsutil import copytree_durable, exchange, remove_tree
-from linewatch.deploy.refresh.gate import decide, read_eval
+from linewatch.deploy.refresh.gate import GateCheck, GateDecision, decide, read_eval
 from linewatch.deploy.refresh.lock import LockBusy, RefreshLock
 from linewatch.deploy.refresh.publish import (
     BundleError,
@@ -80,6 +90,8 @@ class _Refresh:
         self.confirmed = False
         self.swapped = False
         self.journal = self.workspace / "drop-journal.json"
+        self.feedback_files: list[Path] = []  # operator false alarms, where they are in the dataset
+        self.false_alarms: list[dict[str, Any]] = []  # their scores by the new bundle (verify step)
 
     def step(self, name: str, text: str) -> contextlib.AbstractContextManager[None]:
         self.say(f"==> {name}: {text}")
@@ -91,10 +103,14 @@ class _Refresh:
         with self.step("scan", f"looking for new data in {cfg.drop_dir}"):
             info = read_run_info(cfg.run_dir)
             scan = scan_drop(cfg.drop_dir, info.tasks, cfg.data_root, settle_s=cfg.steps.drop_settle_s)
+            if cfg.review_dir is not None:
+                scan_review(cfg.review_dir, info.tasks, cfg.data_root, scan, settle_s=cfg.steps.drop_settle_s)
         for task, items in sorted(scan.added.items()):
             self.say(f"    {task}: {len(items)} new good image(s)")
         for task, items in sorted(scan.new_tasks.items()):
             self.say(f"    {task}: new task ({len(items)} files)")
+        for task, items in sorted(scan.review.items()):
+            self.say(f"    {task}: {len(items)} reviewed defect(s) for the test set")
         for why in scan.ignored:
             self.say(f"    ignored: {why}")
         self.record.drop = scan.summary()
@@ -153,6 +169,18 @@ class _Refresh:
         with self.step("eval-after", f"evaluating the updated model on {', '.join(tasks)}"):
             return evaluate(self.cfg, ws / "run", self.cfg.data_root, tasks, ws / "eval-after.json", self.say)
 
+    def false_alarm_check(self) -> GateCheck | None:
+        """The operator's false alarms (drop files named by ``contract.feedback``) must now pass."""
+        if not self.feedback_files:
+            return None
+        bad = [e for e in self.false_alarms if e.get("anomalous") is not False]
+        worst = max((float(e.get("score", 1.0)) for e in self.false_alarms), default=1.0)
+        n = len(self.feedback_files)
+        msg = f"operator false alarms: {n - len(bad)}/{n} now pass (highest score {worst:.4f})"
+        return GateCheck(
+            "false-alarms", "feedback", None, worst, 0.5, not bad and len(self.false_alarms) == n, msg
+        )
+
     def export(self, bank_only: bool) -> tuple[str, int]:
         ws, cfg, store = self.workspace, self.cfg, self.store
         if isinstance(store, LocalStore):
@@ -180,7 +208,9 @@ class _Refresh:
                 say=self.say,
             )
         with self.step("verify", f"checking hashes, signature and golden samples with {cfg.public_key}"):
-            verify(cfg, self.bundle, self.say)
+            self.false_alarms = verify(
+                cfg, self.bundle, self.say, score=self.feedback_files, out=ws / "false-alarms.json"
+            )
         name, version = read_identity(self.bundle)
         self.record.versions["after"] = version
         self.record.drop["export"] = kind
@@ -287,7 +317,24 @@ class _Refresh:
                 )
                 self.record.outcome = "refused"
                 return Exit.REFUSED
+            self.feedback_files = [
+                cfg.data_root / item.dest
+                for items in scan.added.values()
+                for item in items
+                if is_feedback(item.src.name)
+            ]
             name, version = self.export(bank_only)
+            check = self.false_alarm_check()
+            if check is not None:
+                self.say(f"    {'ok     ' if check.ok else 'REFUSED'} {check.message}")
+                decision = GateDecision(
+                    decision.passed and check.ok, decision.metric, [*decision.checks, check]
+                )
+                self.record.gate = decision.to_json()
+                if not check.ok:
+                    self.say("==> refused: the new model still flags frames the operator marked good")
+                    self.record.outcome = "refused"
+                    return Exit.REFUSED
             self.publish()
             if not self.confirm(name, version):
                 code = self.undo_publish(wait=True)

@@ -189,7 +189,28 @@ def export_bundle(
     run_tool("export", argv, cfg.steps.export_timeout_s, say)
 
 
-def verify(cfg: RefreshConfig, bundle: Path, say: Say = print) -> None:
-    """`linewatch-edge verify` with the public key: the check the edge will make, made first."""
+def verify(
+    cfg: RefreshConfig,
+    bundle: Path,
+    say: Say = print,
+    score: Sequence[Path] = (),
+    out: Path | None = None,
+) -> list[dict[str, Any]]:
+    """`linewatch-edge verify` with the public key: the check the edge will make, made first.
+
+    With `score`, the edge also scores those images with the verified bundle on its own backend
+    (the operator's false alarms); returns their entries (file, score, anomalous) from `out`.
+    """
     argv = [*_module(cfg, "edge"), "verify", "--bundle", str(bundle), "--key", str(cfg.public_key)]
+    if score:
+        if out is None:
+            raise ValueError("verify: scoring images needs an out file for the report")
+        argv += ["--out", str(out), "--score", *(str(p) for p in score)]
     run_tool("verify", argv, cfg.steps.export_timeout_s, say)
+    if not score:
+        return []
+    assert out is not None
+    try:
+        return list(json.loads(Path(out).read_text())["images"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StepError("verify", argv, 0, f"no image scores in {out}: {exc}") from None

@@ -17,6 +17,7 @@ import numpy as np
 from linewatch.edge.capture.frame_sources import CameraSource, Frame
 from linewatch.edge.capture.queues import BoundedQueue
 from linewatch.edge.config import EdgeConfig
+from linewatch.edge.handshake import TriggerGate
 from linewatch.edge.publish.outbox import FrameIds, Outbox, OutboxError
 
 if TYPE_CHECKING:  # the link imports paho; the record only holds it
@@ -59,6 +60,8 @@ class Camera:
         self.latest: tuple[Frame, np.ndarray | None, int] | None = None  # for the snapshot command
         self.marks: dict[int, tuple[float, float]] = {}  # outbox row -> (t_captured, t_written)
         self.link: MqttLink | None = None  # attached by the runtime
+        # triggered mode ([trigger] cameras): only the frame a trigger takes is scored
+        self.gate = TriggerGate(name, cfg.trigger.timeout_s) if name in cfg.trigger.cameras else None
         self.done = threading.Event()  # max_frames reached
         self.source = CameraSource(
             name, uri, cfg.camera, self._accept, resume_after=outbox.source_mark(name, uri)
@@ -71,6 +74,8 @@ class Camera:
 
     def _accept(self, frame: Frame) -> None:
         """Capture-thread sink: number the frame, then queue it under the camera's full policy."""
+        if self.gate is not None and not self.gate.admit(frame):
+            return  # no trigger pending: counted by the gate, shown on the handshake topic
         try:
             frame.frame_id = self.ids.next()
         except OutboxError:  # no id can be reserved durably (disk full): drop the frame, counted there

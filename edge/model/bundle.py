@@ -9,7 +9,8 @@ model. Checks run in this order, cheapest and most basic first:
 3. `keys`: the required manifest keys are present.
 4. `files`: every listed file exists inside the bundle and its sha256 matches.
 5. `unlisted`: no `.npy`, `.onnx` or `.plan` file is present that the manifest does not list.
-6. `signature`: when a key is given (or a signature is required): present, same key id, valid.
+6. `signature`: when a key is given (or a signature is required): present, valid under the
+   release key, or under an allowed box key for a bank-only bundle on a release-signed base.
 7. `data_inputs`: every data array loads without pickles and has the manifest's shape and dtype.
 8. `golden`: the golden arrays load and agree with the input contract.
 9. `bank_only`: a bank-only refresh names a base bundle whose graph it was proven against.
@@ -20,16 +21,12 @@ graph_sha256}`. They reuse the base bundle's `model.onnx` and its TensorRT engin
 no engine rebuild is needed. `open_bundle` resolves the base (given explicitly, or found
 beside the refresh bundle by name, version and graph hash), verifies it with the same
 key policy, and returns a `Bundle` whose `onnx_path` and `engines` are the base's and
-whose data inputs and golden samples are the refresh's. Golden samples of a refresh
-were computed by the torch model of the new run and checked against the base graph at
-export time, and the edge checks them again on its backend before going live.
+whose data inputs and golden samples are the refresh's (computed by torch at export, or by
+onnxruntime on a box that onboarded a part), checked again on the backend before going live.
 
-The manifest's schema, file names and checks 2-5 are the export/edge contract and live in
-`contract/manifest.py` (tar handling in `contract/bundle_tar.py`); this module adds the signature,
-the arrays, the base of a refresh and `check_golden`, which needs a backend.
-
-No pickles anywhere: every array is read with `np.load(..., allow_pickle=False)`.
-This module never imports torch or onnx.
+Checks 2-5 are the export/edge contract in `contract/manifest.py` (tars: `contract/bundle_tar.py`);
+this module adds the signature, the arrays, the base of a refresh and `check_golden` (a backend).
+No pickles (`np.load(..., allow_pickle=False)`); never torch or onnx.
 """
 
 from __future__ import annotations
@@ -37,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +133,7 @@ class Bundle:
     golden: GoldenSet
     signature_verified: bool = False
     key_id: str | None = None
+    signer: str | None = None  # "release" or "box" (see open_bundle's trust model); None if unsigned
     base: Bundle | None = None
     source: Path | None = None  # the directory or .tar that was opened
     _engine_root: Path | None = field(default=None, repr=False)
@@ -212,23 +210,31 @@ class Bundle:
 
 
 def _check_signature(
-    manifest_bytes: bytes, root: Path, key: Path | None, require: bool, path: Path
-) -> tuple[bool, str | None]:
+    manifest_bytes: bytes,
+    root: Path,
+    key: Path | None,
+    require: bool,
+    path: Path,
+    box_keys: Sequence[Path] = (),
+) -> tuple[bool, str | None, str | None]:
+    """(verified, key id, signer role): the role is "release" for `key`, "box" for an allowed box key."""
     sig_path = root / SIGNATURE_NAME
     if key is None:
+        if box_keys:
+            raise BundleError("signature", "box keys are allowed only beside a release key", path)
         if require:
             raise BundleError("signature", "a signature is required but no key was given to verify it", path)
-        return False, None
+        return False, None, None
     if not sig_path.is_file():
         raise BundleError(
             "signature", f"bundle is unsigned ({SIGNATURE_NAME} missing) and a key was given", path
         )
     try:
         doc = signing.parse_signature(sig_path.read_bytes())
-        signing.verify_bytes(manifest_bytes, doc, key)
+        role = signing.verify_with_policy(manifest_bytes, doc, key, box_keys)
     except signing.SignatureError as e:
         raise BundleError("signature", str(e), path) from e
-    return True, doc["key_id"]
+    return True, doc["key_id"], role
 
 
 def _load_data_inputs(manifest: dict[str, Any], root: Path, path: Path) -> dict[str, np.ndarray]:
@@ -312,6 +318,7 @@ def _resolve_base(
     base: Bundle | str | os.PathLike[str] | None,
     key: Path | None,
     require_signature: bool,
+    box_signed: bool = False,
 ) -> Bundle:
     info = manifest.get("bank_only")
     if not isinstance(info, dict) or "graph_sha256" not in info or "base_version" not in info:
@@ -326,9 +333,15 @@ def _resolve_base(
                 source,
             )
         base = found
+    # Never with box keys: the base of a refresh is always signed by the release key.
     base_bundle = (
         base if isinstance(base, Bundle) else open_bundle(base, key=key, require_signature=require_signature)
     )
+    release_id = signing.load_key(key).key_id if box_signed and key is not None else None
+    if box_signed and (base_bundle.signer != "release" or base_bundle.key_id != release_id):
+        raise BundleError(
+            "signature", "a box-signed bundle must sit on a base signed by the release key", source
+        )
     if base_bundle.is_bank_only:
         raise BundleError("bank_only", "the base of a refresh must be a full bundle", source)
     if base_bundle.graph_sha256 != info["graph_sha256"]:
@@ -365,12 +378,19 @@ def open_bundle(
     key: str | os.PathLike[str] | None = None,
     require_signature: bool = False,
     base: Bundle | str | os.PathLike[str] | None = None,
+    box_keys: Sequence[str | os.PathLike[str]] = (),
 ) -> Bundle:
     """Open and verify a bundle directory or `.tar`; raise BundleError on the first failed check.
 
     `key` is a public Ed25519 key (or the shared HMAC secret). With a key, an unsigned or
     mismatching bundle is refused; with `require_signature=True` a key is mandatory.
     `base` is only used for bank-only refresh bundles (see the module docstring).
+
+    Trust model: `key` is the release key. `box_keys` are keys of boxes allowed to sign what they
+    onboard themselves (`linewatch-edge onboard`); each must be listed explicitly, only beside a
+    release key. A bundle signed by a box key is accepted only if it is bank-only and its base
+    (the graphs, hence what runs) verifies under the release key alone: a box can change which
+    good patches a task is compared with, never the code or weights that run.
     """
     source = Path(path)
     key_path = Path(key) if key is not None else None
@@ -399,13 +419,20 @@ def open_bundle(
     check_keys(manifest, source)
     check_files(manifest, root, source)
     check_unlisted(manifest, root, source)
-    verified, key_id = _check_signature(manifest_bytes, root, key_path, require_signature, source)
+    box_paths = [Path(b) for b in box_keys]
+    verified, key_id, signer = _check_signature(
+        manifest_bytes, root, key_path, require_signature, source, box_paths
+    )
+    if signer == "box" and not manifest.get("bank_only"):
+        raise BundleError("signature", f"box key {key_id} may sign bank-only bundles only", source)
     data_inputs = _load_data_inputs(manifest, root, source)
     golden = _load_golden(manifest, root, source)
 
     base_bundle: Bundle | None = None
     if manifest.get("bank_only"):
-        base_bundle = _resolve_base(manifest, root, source, base, key_path, require_signature)
+        base_bundle = _resolve_base(
+            manifest, root, source, base, key_path, require_signature, box_signed=signer == "box"
+        )
         onnx_path = base_bundle.onnx_path
     else:
         onnx_path = root / MODEL_NAME
@@ -419,6 +446,7 @@ def open_bundle(
         golden=golden,
         signature_verified=verified,
         key_id=key_id,
+        signer=signer,
         base=base_bundle,
         source=source,
     )

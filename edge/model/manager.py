@@ -109,7 +109,9 @@ class ModelManager:
 
     def _load(self, target: Path) -> LoadedModel:
         rcfg = self.cfg.reload
-        bundle = open_bundle(target, key=rcfg.key, require_signature=rcfg.require_signature)
+        bundle = open_bundle(
+            target, key=rcfg.key, require_signature=rcfg.require_signature, box_keys=rcfg.box_keys
+        )
         selection = select_backend(bundle, self.cfg.backend, self.backend_order)
         self._generation += 1
         return LoadedModel(bundle, selection.backend, selection.report, target, self._generation)

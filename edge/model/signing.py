@@ -31,7 +31,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,3 +241,24 @@ def verify_bytes(data: bytes, sig_doc: dict[str, str], key: KeyMaterial | str | 
         raise SignatureError("signature field is not valid base64") from e
     if not k.verify(data, raw):
         raise SignatureError("signature does not verify: manifest.json was changed after signing")
+
+
+def verify_with_policy(
+    data: bytes, sig_doc: dict[str, str], release: str | os.PathLike[str], box_keys: Sequence[Any] = ()
+) -> str:
+    """Verify under the release key or one of the allowed box keys; the signer's role.
+
+    "release" for the release key, "box" for a box key (which the caller restricts to bank-only
+    bundles on a release-signed base; see `edge.model.bundle.open_bundle`).
+    """
+    release_key = load_key(release)
+    if sig_doc.get("key_id") != release_key.key_id and box_keys:
+        boxes = {k.key_id: k for k in (load_key(b) for b in box_keys)}
+        if sig_doc.get("key_id") not in boxes:
+            raise SignatureError(
+                f"signed with key id {sig_doc.get('key_id')!r}: neither the release key nor an allowed box key"
+            )
+        verify_bytes(data, sig_doc, boxes[sig_doc["key_id"]])
+        return "box"
+    verify_bytes(data, sig_doc, release_key)
+    return "release"

@@ -13,9 +13,10 @@ Engine shape contract:
   (default max_batch: the runtime batches frames up to max_batch under load).
 - data inputs (memory banks, Gaussians, normalisation): min = opt = max = their static
   shapes. They stay network inputs, so a bank-only refresh reuses the engine.
-- Precision: FP32, or FP16 (only where the GPU has fast FP16, unless forced). INT8 is
-  a documented stretch and not implemented: the distance computations of memory-bank
-  methods need calibration data per task, and FP16 already meets the latency budget.
+- Precision: FP32, or FP16 (only where the GPU has fast FP16, unless forced). INT8 comes
+  only from the graph: an `--int8` bundle carries QuantizeLinear/DequantizeLinear nodes with
+  their calibrated scales (export/quantize.py), so the INT8 flag is set for it (TensorRT's
+  explicit quantization, no calibrator on the box); the kNN stays in float.
 - TensorRT 8.6 casts int64 tensors to int32: on 8.6 the `task` output binding is int32.
 
 Refit: a trained method (EfficientAD, STFPM) ships new weights in the same layers on every
@@ -241,6 +242,8 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     if refittable:
         config.set_flag(trt.BuilderFlag.REFIT)
+    if any(network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers)):
+        config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ graph: explicit quantization with its own scales
 
     profile = builder.create_optimization_profile()
     inputs: dict[str, list[int]] = {}

@@ -130,16 +130,34 @@ class Telemetry:
         self.model_version.labels(name, backend).set(version)
 
 
+Routes = Callable[[BaseHTTPRequestHandler, str], bool]
+
+
 class MetricsServer:
-    """``/metrics`` (Prometheus text) and ``/healthz`` (200 when healthy, else 503) on one port."""
+    """``/metrics`` (Prometheus text) and ``/healthz`` (200 when healthy, else 503) on one port.
+
+    ``routes`` (the operator page, ``edge/operator/app.py``) gets every request first and returns
+    False for paths that are not its own.
+    """
 
     def __init__(
-        self, telemetry: Telemetry, host: str, port: int, health: Callable[[], tuple[bool, dict]]
+        self,
+        telemetry: Telemetry,
+        host: str,
+        port: int,
+        health: Callable[[], tuple[bool, dict]],
+        routes: Routes | None = None,
     ) -> None:
         registry = telemetry.registry
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                if routes is None or not routes(self, "POST"):
+                    self.send_error(404)
+
             def do_GET(self) -> None:
+                if routes is not None and routes(self, "GET"):
+                    return
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST

@@ -48,7 +48,7 @@ from paho.mqtt.properties import Properties
 
 from linewatch.edge.config import MqttConfig
 from linewatch.edge.observability.logs import RepeatLimiter, install_repeat_filter
-from linewatch.edge.publish.outbox import Outbox
+from linewatch.edge.publish.outbox import Outbox, Row
 from linewatch.edge.publish.payloads import dumps
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class MqttLink:
         self._offline_mid: int | None = None
         base = cfg.client_id or f"linewatch-edge-{socket.gethostname()}"
         self.client_id = f"{base}-{camera}"
+        self.streams = [camera]  # outbox streams this link delivers (row ids are global, so one cursor)
 
     # ----- API for other threads -------------------------------------------------------------
     @property
@@ -201,12 +202,42 @@ class MqttLink:
             client.tls_insecure_set(cfg.tls.insecure)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.resolved_password())
-        client.will_set(self.status_topic, dumps(self._status("offline")), qos=1, retain=True)
+        self._set_will(client)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
 
+    # ----- what a payload mode changes (edge/publish/sparkplug/link.py overrides these) --------------
+    def _set_will(self, client: paho.Client) -> None:
+        """The Last Will of the next connection: the retained offline status."""
+        client.will_set(self.status_topic, dumps(self._status("offline")), qos=1, retain=True)
+
+    def _on_session(self, client: paho.Client) -> None:
+        """Just connected: subscribe to the commands, publish the online status first."""
+        client.subscribe(f"{self.root}/cmd/+", qos=1)
+        self._status_dirty = True
+
+    def _pump_first(self, client: paho.Client) -> None:
+        """Before control messages and rows in every pump round: the status, when it changed."""
+        if self._status_dirty:
+            self._status_dirty = False
+            client.publish(self.status_topic, dumps(self._status("online")), qos=1, retain=True)
+
+    def _publish_row(self, client: paho.Client, row: Row) -> paho.MQTTMessageInfo:
+        return client.publish(row.topic, row.payload, qos=row.qos)
+
+    def _farewell(self, client: paho.Client) -> int:
+        """Clean shutdown: the message that says so (acknowledged before DISCONNECT); returns its mid."""
+        return client.publish(self.status_topic, dumps(self._status("offline")), qos=1, retain=True).mid
+
+    def _route(self, message: paho.MQTTMessage) -> None:
+        prefix = f"{self.root}/cmd/"
+        if not message.topic.startswith(prefix) or self._on_command is None:
+            return
+        self._on_command(message.topic[len(prefix) :], bytes(message.payload), message.properties)
+
+    # ----- paho callbacks ----------------------------------------------------------------------------
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
@@ -231,11 +262,8 @@ class MqttLink:
             self._on_delivered(row_id)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        prefix = f"{self.root}/cmd/"
-        if not message.topic.startswith(prefix) or self._on_command is None:
-            return
         try:
-            self._on_command(message.topic[len(prefix) :], bytes(message.payload), message.properties)
+            self._route(message)
         except Exception:
             limited.log(logging.ERROR, "command handler failed", self.camera, {"camera": self.camera}, True)
 
@@ -344,18 +372,17 @@ class MqttLink:
             failed_attempts=self.stats.connect_failures - self._failures_at_connect,
         )
         self._failures_at_connect = self.stats.connect_failures
-        client.subscribe(f"{self.root}/cmd/+", qos=1)
-        self._status_dirty = True
+        self._on_session(client)
         self.connected.set()
 
     def _drained(self) -> bool:
-        return not self._inflight and not self._control and self.outbox.depth(self.camera) == 0
+        return (
+            not self._inflight and not self._control and sum(self.outbox.depth(s) for s in self.streams) == 0
+        )
 
     def _pump(self, client: paho.Client) -> None:
         """Hand over status, control messages and the next outbox rows (up to the in-flight window)."""
-        if self._status_dirty:
-            self._status_dirty = False
-            client.publish(self.status_topic, dumps(self._status("online")), qos=1, retain=True)
+        self._pump_first(client)
         while True:
             with self._control_lock:
                 if not self._control:
@@ -365,8 +392,8 @@ class MqttLink:
         room = self.cfg.inflight_window - len(self._inflight)
         if room <= 0:
             return
-        for row in self.outbox.peek(self.camera, self._cursor, room):
-            info = client.publish(row.topic, row.payload, qos=row.qos)
+        for row in self.outbox.peek_streams(self.streams, self._cursor, room):
+            info = self._publish_row(client, row)
             self._cursor = row.id
             if row.qos == 0:
                 self.outbox.ack(row.id)
@@ -403,8 +430,7 @@ class MqttLink:
     def _goodbye(self, client: paho.Client) -> None:
         """Clean shutdown: retained offline status (acknowledged), then DISCONNECT (no Last Will)."""
         self._offline_acked.clear()
-        info = client.publish(self.status_topic, dumps(self._status("offline")), qos=1, retain=True)
-        self._offline_mid = info.mid
+        self._offline_mid = self._farewell(client)
         deadline = time.monotonic() + 3.0
         while not self._offline_acked.is_set() and time.monotonic() < deadline:
             if not self._io(client, 0.1):

@@ -231,6 +231,21 @@ class Outbox:
         out = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows if r[0] not in forgotten]
         return out[:limit]
 
+    def peek_streams(self, streams: list[str], after_id: int = 0, limit: int = 100) -> list[Row]:
+        """``peek`` over several streams at once, in row order (one link delivering several cameras)."""
+        if len(streams) == 1:
+            return self.peek(streams[0], after_id, limit)
+        marks = ",".join("?" * len(streams))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, stream, topic, payload, qos, created FROM outbox "
+                f"WHERE stream IN ({marks}) AND id > ? ORDER BY id LIMIT ?",
+                (*streams, after_id, limit + len(self._forgotten)),
+            ).fetchall()
+            forgotten = set(self._forgotten)
+        out = [Row(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows if r[0] not in forgotten]
+        return out[:limit]
+
     def ack(self, row_id: int) -> bool:
         """The broker has the message: forget it. False when it was already gone (dropped or acked)."""
         with self._lock:

@@ -19,6 +19,7 @@ SUMMARY = "linewatch.edge.summary/1"
 STATUS = "linewatch.edge.status/1"
 METRICS = "linewatch.edge.metrics/1"
 CMD_RESPONSE = "linewatch.edge.cmd-response/1"
+HANDSHAKE = "linewatch.edge.handshake/1"
 SCHEMA_FILES = (
     "result",
     "summary",
@@ -27,7 +28,10 @@ SCHEMA_FILES = (
     "cmd_reload",
     "cmd_set_threshold",
     "cmd_snapshot",
+    "cmd_trigger",
+    "cmd_ack",
     "cmd_response",
+    "handshake",
 )
 
 
@@ -64,6 +68,7 @@ def schema_for(payload: dict[str, Any]) -> str:
         STATUS: "status",
         METRICS: "metrics",
         CMD_RESPONSE: "cmd_response",
+        HANDSHAKE: "handshake",
     }
     if tag not in names:
         raise ValueError(f"unknown payload schema {tag!r}")
@@ -163,6 +168,11 @@ def status_payload(
     if outbox:
         out["outbox"] = outbox
     return out
+
+
+def handshake_payload(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """``<root>/handshake``: ``snapshot`` is ``edge.handshake.TriggerGate.snapshot()``."""
+    return {"schema": HANDSHAKE, "ts": utc_iso(), **snapshot}
 
 
 def response_payload(

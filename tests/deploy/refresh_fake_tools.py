@@ -10,6 +10,7 @@ Behaviour comes from the JSON file named by FAKE_TOOLS_PLAN:
     fail: "train" | "eval" | "export" | "verify"   make that step fail
     hang: "train"                                   make training hang (for SIGTERM tests)
     base_version: int                               exported version = base + updates
+    false_alarm_score: float                        what `edge verify --score` reports per image (0.1)
 Every invocation is appended to FAKE_TOOLS_CALLS as a JSON line.
 """
 
@@ -49,6 +50,7 @@ def _opts(args: list[str]) -> argparse.Namespace:
         "--version",
     ):
         p.add_argument(name)
+    p.add_argument("--score", nargs="+")
     p.add_argument("--bank-only", action="store_true")
     p.add_argument("--tensorrt", action="store_true")
     p.add_argument("--fp16", action="store_true")
@@ -174,6 +176,12 @@ def edge_verify(o: argparse.Namespace, plan: dict) -> int:
         if not bases or bases[0]["files"].get("model.onnx") != info["graph_sha256"]:
             print(f"refresh needs base bundle v{info['base_version']}; none found beside it", file=sys.stderr)
             return 3
+    if o.score:  # as the real verify: each image's score by the bundle, into --out
+        score = float(plan.get("false_alarm_score", 0.1))
+        images = [
+            {"file": f, "score": score, "anomalous": score >= 0.5} for f in o.score if Path(f).is_file()
+        ]
+        Path(o.out).write_text(json.dumps({"ok": True, "images": images}))
     print("bundle OK")
     return 0
 

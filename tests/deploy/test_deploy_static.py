@@ -151,6 +151,9 @@ def test_mosquitto_conf_shape() -> None:
     blocks = acl.split("\nuser ")
     writers_of_cmd = [b.split()[0] for b in blocks[1:] if "topic write linewatch/+/+/+/+/cmd/#" in b]
     assert writers_of_cmd == ["operator"]
+    for sparkplug_cmd in ("spBv1.0/+/NCMD/+", "spBv1.0/+/DCMD/+/+"):
+        writers = [b.split()[0] for b in blocks[1:] if f"topic write {sparkplug_cmd}\n" in b + "\n"]
+        assert writers == ["operator"], sparkplug_cmd
 
 
 def test_example_edge_config_is_accepted_by_the_edge() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from linewatch.deploy.refresh import drop as drop_module
-from linewatch.deploy.refresh.drop import apply_drop, read_journal, scan_drop, undo_drop
+from linewatch.deploy.refresh.drop import apply_drop, read_journal, scan_drop, scan_review, undo_drop
 
 
 def _img(path: Path, data: bytes = b"img") -> Path:
@@ -138,3 +138,34 @@ def test_apply_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         apply_drop(scan, data, drop, tmp_path / "journal.json")
     assert (drop / "brick" / "train" / "good" / "100.png").is_file()
+
+
+def test_review_defects_go_to_the_test_set_and_back_on_undo(tmp_path: Path) -> None:
+    """The operator page's "missed" frames: moved into <task>/test/<defect>/ with the drop, undone with it."""
+    data, drop, review = _dataset(tmp_path / "data"), tmp_path / "drop", tmp_path / "review"
+    _img(drop / "brick" / "train" / "good" / "100.png")
+    _img(review / "brick" / "test" / "missed" / "cam0-f1.png")
+    _img(review / "brick" / "test" / "crack" / "000.png", b"same name as in the dataset")
+    _img(review / "tile" / "test" / "missed" / "x.png")
+    scan = scan_drop(drop, ["brick", "gravel"], data, settle_s=0, tag="T")
+    scan_review(review, ["brick", "gravel"], data, scan, settle_s=0, tag="T")
+    assert sorted(str(i.dest) for i in scan.review["brick"]) == [
+        "brick/test/crack/000.drop-T.png",
+        "brick/test/missed/cam0-f1.png",
+    ]
+    assert scan.tasks_to_train == ["brick"] and scan.only_adds_images  # review images never train
+    assert "review images are taken only for a task the model knows" in "\n".join(scan.ignored)
+    assert scan.summary()["review_defects"] == {"brick": 2}
+    journal = tmp_path / "journal.json"
+    assert apply_drop(scan, data, drop, journal) == 3
+    assert (data / "brick" / "test" / "missed" / "cam0-f1.png").is_file()
+    assert undo_drop(journal) == 3
+    assert (review / "brick" / "test" / "missed" / "cam0-f1.png").is_file()
+    assert not (data / "brick" / "test" / "missed").exists()
+
+
+def test_review_alone_starts_no_refresh(tmp_path: Path) -> None:
+    data, review = _dataset(tmp_path / "data"), tmp_path / "review"
+    _img(review / "brick" / "test" / "missed" / "a.png")
+    scan = scan_review(review, ["brick"], data, scan_drop(tmp_path / "drop", ["brick"], data), settle_s=0)
+    assert scan.empty and len(scan.review["brick"]) == 1

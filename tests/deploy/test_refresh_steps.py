@@ -206,6 +206,34 @@ def test_remote_store_gets_a_full_export_with_an_explicit_version(
     assert not any(n.startswith(".incoming-") for n in os.listdir(remote))
 
 
+@pytest.mark.parametrize("score", [0.2, 0.7])
+def test_operator_false_alarms_must_pass_the_new_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_port: int, score: float
+) -> None:
+    """Drop files named by contract.feedback are scored by `edge verify --score`; one still flagged refuses."""
+    s = _setup(tmp_path, monkeypatch, {"false_alarm_score": score}, broker_port)
+    _drop_images(s, "brick", 1)
+    good = s.root / "drop" / "brick" / "train" / "good"
+    (good / "cam0-f000000007-v10.png").write_bytes(b"png-fa")
+    with FakeEdge(s.store.root, broker_port, [ROOT]):
+        code, lines = s.run()
+    verify = next(c["args"] for c in s.calls if c["module"] == "edge")
+    scored = verify[verify.index("--score") + 1 :]
+    assert scored == [str(s.root / "dataset" / "brick" / "train" / "good" / "cam0-f000000007-v10.png")]
+    record = s.log[-1]
+    [check] = [c for c in record["gate"]["checks"] if c["kind"] == "feedback"]
+    assert check["message"].startswith(f"operator false alarms: {int(score < 0.5)}/1 now pass")
+    if score < 0.5:
+        assert code == Exit.OK and record["outcome"] == "published", "\n".join(lines)
+        assert record["gate"]["passed"] is True
+    else:
+        assert code == Exit.REFUSED and record["outcome"] == "refused"
+        assert record["gate"]["passed"] is False and record["gate"]["reasons"] == [check["message"]]
+        assert s.store.current() == "linewatch-v000010"
+        assert (good / "cam0-f000000007-v10.png").is_file()  # moved back for a person to look at
+        assert s.leftovers() == []
+
+
 def test_gate_refusal_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = _setup(
         tmp_path,

@@ -49,6 +49,22 @@ def test_verify_ok_and_failures(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert "NO BACKEND" in capsys.readouterr().err
 
 
+def test_verify_scores_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`verify --score`: what the refresh job asks about the operator's false alarms."""
+    bundle = make_bundle(tmp_path / "toy-v1")
+    write_frame(tmp_path / "img", 0, defective=False)
+    write_frame(tmp_path / "img", 1, defective=True)
+    (tmp_path / "img" / "junk.png").write_bytes(b"not an image")
+    files = [str(tmp_path / "img" / n) for n in ("000000.png", "000001.png", "junk.png")]
+    out = tmp_path / "report.json"
+    assert main(["verify", "--bundle", str(bundle), "--score", *files, "--out", str(out)]) == EXIT_OK
+    images = json.loads(out.read_text())["images"]
+    assert [(i["file"], i.get("anomalous")) for i in images] == list(
+        zip(files, [False, True, None], strict=True)
+    )
+    assert images[0]["score"] < 0.5 <= images[1]["score"] and images[2]["error"] == "not a readable image"
+
+
 def test_config_error_names_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "edge.toml"
     cfg.write_text("[queues]\npolicy = 'whenever'\n")

@@ -192,3 +192,27 @@ def test_mqtt5_response_topic_and_correlation(mqtt_broker: Any, tmp_path: Path) 
     finally:
         cmd.close()
         rt.shutdown()
+
+
+def test_parse_onboard_requests() -> None:
+    ok = [
+        {"task": "bracket", "folder": "bracket-good"},
+        {"task": "bracket", "images": ["aGVsbG8=", "aGVsbG8="], "id": "x"},
+        {"task": "bracket", "remove": True},
+    ]
+    for req in ok:
+        assert parse_command("onboard", json.dumps(req).encode()) == req
+    for req, msg in [
+        ({"folder": "x"}, "task"),
+        ({"task": "a", "folder": "x", "images": ["a"]}, "payload"),
+        ({"task": "a", "remove": False}, "payload"),
+        ({"task": "a", "images": ["a"], "remove": True}, "payload"),
+        ({"task": "", "folder": "x"}, "task"),
+        ({"task": "a/b", "folder": "x"}, "task"),
+    ]:
+        with pytest.raises(CommandError, match=msg):
+            parse_command("onboard", json.dumps(req).encode())
+    big = json.dumps({"task": "a", "images": ["A" * (70 * 1024)] * 2}).encode()
+    assert parse_command("onboard", big)["task"] == "a"  # onboarding takes images: a larger limit
+    with pytest.raises(CommandError, match="too large"):
+        parse_command("reload", b" " * (70 * 1024))

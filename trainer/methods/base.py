@@ -77,7 +77,7 @@ class ScoringGraph:
     changes weights only, so engines are built refittable). `calibration` is how the
     outputs were normalised; `metadata` is what the method records about itself
     (teacher provenance, replay buffer, training log). The exporter writes both into
-    the manifest.
+    the manifest; `meta["manifest"]` holds extra manifest sections (JSON).
     """
 
     module: torch.nn.Module
@@ -86,6 +86,8 @@ class ScoringGraph:
     meta: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Few-shot bundles: frames -> (B, P, D) patch features, exported beside as `embed.onnx`.
+    embedding: torch.nn.Module | None = None
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from linewatch.contract.calibration import fit_normalisation
 from linewatch.contract.geometry import Geometry, combine_tasks, resize_frame
 from linewatch.trainer.data.images import concat_frames
 from linewatch.trainer.methods.base import CommonSettings, Prediction, ScoringGraph
@@ -22,18 +23,6 @@ from linewatch.trainer.methods.base import CommonSettings, Prediction, ScoringGr
 def batches(images: np.ndarray, size: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(images), size):
         yield torch.from_numpy(np.ascontiguousarray(images[start : start + size]))
-
-
-def fit_normalisation(raw_scores: np.ndarray, quantile: float) -> tuple[float, float]:
-    """Threshold and scale from good images only, which is all a line has at install time.
-
-    The threshold is the stated quantile of held-out good image scores; the scale is the
-    distance from the median good score to it, so a typical good part lands near 0.27.
-    """
-    raw_scores = np.asarray(raw_scores, dtype=np.float64)
-    center = float(np.quantile(raw_scores, quantile))
-    scale = max(center - float(np.median(raw_scores)), 0.05 * abs(center), 1e-6)
-    return center, scale
 
 
 C = TypeVar("C", bound=BaseModel)

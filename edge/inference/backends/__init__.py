@@ -3,7 +3,7 @@
 Every backend has the same tiny protocol (``infer`` on a uint8 NHWC RGB batch at model resolution,
 returning normalised maps, scores and task ids), so the pipeline never knows which one runs. The
 choice walks the configured order (native TensorRT, onnxruntime with the TensorRT, CUDA, then CPU
-execution provider); a backend that is not available on this box is skipped with its reason logged,
+execution provider; OpenVINO when the config names it); a backend that is not available on this box is skipped with its reason logged,
 and a backend is only accepted after the bundle's golden samples pass on it: that is how a TensorRT
 build on the box is proven equal to the ONNX graph before a single verdict is published.
 """
@@ -51,6 +51,10 @@ def create_backend(name: str, bundle: Bundle, cfg: BackendConfig) -> Backend:
         from linewatch.edge.inference.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(bundle, cfg)
+    if name == "openvino":
+        from linewatch.edge.inference.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(bundle, cfg)
     if name.startswith("ort-"):
         from linewatch.edge.inference.backends.onnxruntime import OrtBackend
 

@@ -63,3 +63,21 @@ def test_padded_bank_keeps_nearest_neighbours():
     pc.cfg = pc.cfg.model_copy(update={"budget": 200})
     pc._bank_cache = None
     assert pc.banks()[0].shape == (2, 100, 4)  # padded to the budget share
+
+
+def test_chunked_nearest_neighbour_is_the_dense_one():
+    """Chunks that do not divide M, one chunk, and padded repeats all give the dense nearest
+    point and its distance. A repeat is an exact tie, and torch's topk may name either copy
+    (the same point, with the same neighbours, so the same score): compare points, not rows."""
+    from linewatch.trainer.methods.patchcore.knn import dense_nearest_per_task, nearest_per_task
+
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(3, 37, 8, generator=g)
+    bank = torch.cat([base, base[:, :13]], 1)  # (3, 50, 8): rows 37.. repeat rows 0..12 (ties)
+    q = bank[:, :20].reshape(1, 60, 8).repeat(2, 1, 1) + 0.05 * torch.randn(2, 60, 8, generator=g)
+    want_d2, want_i = dense_nearest_per_task(q, bank)
+    for chunk in (7, 16, 50, 64):
+        d2, idx = nearest_per_task(q, bank, chunk=chunk)
+        assert idx.shape == want_i.shape == (2, 60, 3)
+        assert torch.equal(idx % 37, want_i % 37), chunk
+        torch.testing.assert_close(d2, want_d2, rtol=1e-5, atol=1e-5)

@@ -2,7 +2,7 @@
 
 The module's forward is the exported graph. The banks for all tasks are one input of
 shape (T, M, D), so task inference (lowest mean nearest-neighbour distance) and
-scoring share a single distance computation in matmul form.
+scoring share one chunked nearest-neighbour search (`knn.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import nn
 
 from linewatch.trainer.backbones import FeatureExtractor
 from linewatch.trainer.methods.layers import FrameInput, MapHead, local_patch_features, normalise
+from linewatch.trainer.methods.patchcore.knn import nearest_per_task
 
 
 class PatchCoreModel(nn.Module):
@@ -32,14 +33,13 @@ class PatchCoreModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-weighted nearest-neighbour distance per patch, and the task used.
 
-        The largest tensor is (B, P, T*M); it never broadcasts patches x bank x dims.
+        The nearest neighbour is found chunk by chunk (`knn.py`): the largest tensor is
+        (B*P, BANK_CHUNK), never the (B, P, T*M) distance matrix.
         """
         b, p, d = q.shape
         t, m, _ = bank.shape
         flat = bank.reshape(t * m, d)
-        d2 = (q * q).sum(-1, keepdim=True) - 2.0 * torch.matmul(q, flat.t()) + (flat * flat).sum(-1)
-        d2 = d2.clamp_min(0.0).reshape(b, p, t, m)
-        nn_d2, nn_idx = d2.min(dim=3)  # (B, P, T)
+        nn_d2, nn_idx = nearest_per_task(q, bank)  # (B, P, T) each
         nn_d = torch.sqrt(nn_d2)
         if task is None:
             task = nn_d.mean(dim=1).argmin(dim=1)  # task inference: (B,)
