@@ -92,27 +92,24 @@ def resolve_auto_geometry(learner: Learner, spec: str, tasks: list[str], log: Lo
     each new task whose frame size has no choice yet gets its own (trainer/geometry_choice.py,
     validated on its training images), added to `by_size`. Printed and kept in the run, so `eval`,
     the exporter and the edge never re-decide, and `update` decides only for new frame sizes."""
-    if learner.cfg.geometry.mode == "auto":
-        splits = {t: load_task(spec, t) for t in tasks}
-        doc, reason = choose_geometry(
-            [_first_frame_size(s) for s in splits.values()], tuple(learner.cfg.image_size)
-        )
+    g = learner.cfg.geometry
+    if g.mode != "auto" and not g.auto:
+        return
+    splits = {t: load_task(spec, t) for t in tasks}  # listed once, for the rule and the choices
+    sizes = {t: _first_frame_size(split) for t, split in splits.items()}
+    if g.mode == "auto":
+        doc, reason = choose_geometry(list(sizes.values()), tuple(learner.cfg.image_size))
         learner.set_geometry(doc, reason)
         log(f"geometry: {reason}")
-    if not learner.cfg.geometry.auto:
-        return
     for task in tasks:
-        split = load_task(spec, task)
-        hw = _first_frame_size(split)
+        hw = sizes[task]
         geometry = learner.geometry
-        known = geometry.for_frame(hw) is not geometry or any(
-            task in entry.get("tasks", ()) for entry in learner.cfg.geometry.by_size
-        )
-        if known:  # a camera a task already chose for: its frames must keep being cut that way
+        if geometry.for_frame(hw) is not geometry:  # a camera a task already chose for: keep its cut
             log(f"geometry for {task}: as the earlier task with {hw[0]}x{hw[1]} frames")
             continue
         n_tasks = len(learner.tasks) + len(tasks)  # the tasks the model will hold after this step
-        doc, reason = choose_task_geometry(learner.cfg, task, [s.path for s in split.train], hw, log, n_tasks)
+        paths = [s.path for s in splits[task].train]
+        doc, reason = choose_task_geometry(learner.cfg, task, paths, hw, log, n_tasks)
         learner.set_size_geometry(task, hw, doc, reason)
         log(f"geometry for {task}: {reason}")
 
