@@ -40,7 +40,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 TASKS = ["brick", "moon", "cell"]
-DEV_SEQUENCE = [("bsdata", "ball_screw"), ("kolektor", "commutator"), ("casting", "impeller")]
 ALL_METHODS = [
     "patchcore",
     "padim",
@@ -174,6 +173,7 @@ def _section(method: str, args: argparse.Namespace, work: Path) -> dict[str, Any
 
 def devset_table(args: argparse.Namespace) -> int:
     """Every method, continual and naive, over the three dev tasks; edge ms per frame of each bundle."""
+    from benchmarks.real_images import SEQUENCE as DEV_SEQUENCE
     from benchmarks.real_images import edge_cost
     from linewatch.trainer import continual
     from linewatch.trainer.config import config_from_values
